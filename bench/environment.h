@@ -1,0 +1,30 @@
+// The environment a result depends on, recorded in every run's context.
+//
+// Kernel release and config, THP and hugetlb settings, numa_balancing, perf and userfaultfd
+// permissions, CPU model and hypervisor, DAMON, swap, cgroup, the compiler and flags this binary
+// was built with, faultlab's version. Conditions known to distort fault timings come back as
+// warnings, which the run prints loudly and stores beside the figures.
+#pragma once
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace faultlab {
+
+inline constexpr int kSchemaVersion = 1;
+
+// Reads /proc, /sys and the build info; never fails (an unreadable source is recorded as such).
+nlohmann::json CaptureEnvironment();
+
+// Conditions that distort results, one line each: running in a VM, THP=always (4 KiB cases get
+// huge pages), DAMON active, a debug build of Google Benchmark or of faultlab, a sanitizer build.
+std::vector<std::string> DistortionWarnings(const nlohmann::json& environment);
+
+// `faultlab env`: the environment as a two-column table, then the warnings, then which suites and
+// variants would be skipped here and why.
+void PrintEnvironmentTable(const nlohmann::json& environment, std::ostream& out);
+
+}  // namespace faultlab

@@ -1,0 +1,43 @@
+// What this kernel and machine can run, probed in one place.
+//
+// Every suite asks here before it runs a case, and `faultlab env` lists the same answers, so the
+// reason a row was skipped and the reason `env` gives are the same text.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+namespace faultlab {
+
+enum class Feature {
+  kThp,            // transparent huge pages usable with MADV_HUGEPAGE (enabled is madvise or always)
+  kHugetlb2M,      // a 2 MiB hugetlb page size exists
+  kHugetlb1G,      // a 1 GiB hugetlb page size exists
+  kMemfd,          // memfd_create works (shmem)
+  kUserfaultfd,    // userfaultfd usable by this process (/dev/userfaultfd or the syscall)
+  kHardwarePmu,    // perf can open a hardware cycles event
+  kPerfKernel,     // perf may count kernel mode (root or perf_event_paranoid < 2)
+  kNumaMulti,      // more than one NUMA node with memory
+  kGuardRegions,   // MADV_GUARD_INSTALL (Linux 6.13+)
+};
+
+// nullopt when the feature is available; otherwise why not, in one line.
+std::optional<std::string> WhyUnavailable(Feature feature);
+
+// Free hugetlb pages of `page_size` bytes (on `node`, or in the global pool when node < 0).
+long FreeHugetlbPages(std::size_t page_size, int node = -1);
+
+// nullopt when `count` hugetlb pages of `page_size` are free; otherwise why not (naming the
+// --reserve-hugepages flag that fixes it).
+std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, int node = -1);
+
+// Feature bits UFFDIO_API reports (0 with a reason when userfaultfd cannot be opened).
+struct UffdApi {
+  unsigned long long features = 0;
+  unsigned long long ioctls = 0;
+  std::string error;  // empty on success
+};
+UffdApi ProbeUffdApi();
+
+}  // namespace faultlab

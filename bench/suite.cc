@@ -1,0 +1,38 @@
+#include "bench/suite.h"
+
+#include <utility>
+
+namespace faultlab {
+namespace {
+
+// Function-local statics: suites add themselves during static initialisation, in any order.
+std::vector<Suite>& SuiteList() {
+  static std::vector<Suite> suites;
+  return suites;
+}
+
+RunOptions& Options() {
+  static RunOptions options;
+  return options;
+}
+
+}  // namespace
+
+const RunOptions& CurrentRunOptions() { return Options(); }
+void SetCurrentRunOptions(RunOptions options) { Options() = std::move(options); }
+
+bool AddSuite(Suite suite) {
+  SuiteList().push_back(std::move(suite));
+  return true;
+}
+
+const std::vector<Suite>& Suites() { return SuiteList(); }
+
+const Suite* FindSuite(const std::string& name) {
+  for (const Suite& suite : SuiteList()) {
+    if (suite.name == name) return &suite;
+  }
+  return nullptr;
+}
+
+}  // namespace faultlab
