@@ -22,17 +22,20 @@ enum class Feature {
   kGuardRegions,   // MADV_GUARD_INSTALL (Linux 6.13+)
 };
 
-// nullopt when the feature is available; otherwise why not, in one line.
+// nullopt when the feature is available; otherwise why not, in one line. Probed once per process
+// (features and permissions do not change during a run); safe to call from any thread.
 std::optional<std::string> WhyUnavailable(Feature feature);
 
-// Free hugetlb pages of `page_size` bytes (on `node`, or in the global pool when node < 0).
+// Free hugetlb pages of `page_size` bytes (on `node`, or in the global pool when node < 0);
+// -1 when this kernel has no such pool (unsupported size or node). Read afresh on every call.
 long FreeHugetlbPages(std::size_t page_size, int node = -1);
 
 // nullopt when `count` hugetlb pages of `page_size` are free; otherwise why not (naming the
-// --reserve-hugepages flag that fixes it).
+// --reserve-hugepages flag that fixes it). Never cached: pools change during a run.
 std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, int node = -1);
 
-// Feature bits UFFDIO_API reports (0 with a reason when userfaultfd cannot be opened).
+// Feature and ioctl bits UFFDIO_API reports when asked for no features (the kernel then answers
+// with all it supports); 0 with a reason when userfaultfd cannot be opened.
 struct UffdApi {
   unsigned long long features = 0;
   unsigned long long ioctls = 0;

@@ -15,9 +15,12 @@
 
 namespace faultlab {
 
+class Topology;
+
 // What `faultlab run` was asked for, after validation.
 struct RunOptions {
   bool quick = false;
+  const Topology* topology = nullptr;    // the machine's, loaded once by the CLI
   std::vector<int> cpus;                 // CPUs benchmark threads are pinned to, in order
   std::optional<int> node;               // NUMA node memory is bound to (nullopt: no binding)
   std::vector<std::string> counters;     // perf event names

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,14 +32,17 @@ struct HugepageRequest {
   std::size_t page_size = kPage2M;
   long count = 0;
 };
-// Parses --reserve-hugepages: "N" (2 MiB pages) or a list of SIZE:N with SIZE 2M or 1G
-// ("2M:64,1G:1"). nullopt with `error` set on bad input or an unsupported size.
+// Parses --reserve-hugepages: "N" (2 MiB pages) or a list of SIZE:N with SIZE such as 2M, 2m,
+// 2048k, 1G or 1g ("2M:64,1G:1"); a count of 0 asks for nothing. nullopt with `error` set to one
+// line naming the bad token on bad input, a size given twice, or a size this kernel lacks.
 std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::string& text,
                                                                   std::string* error);
 
-// Raises the pool of `page_size` (on `node`, or globally when node < 0) to hold at least `count`
-// pages through SystemSettings (journalled, restored on exit) and returns how many pages the
-// pool then has: the kernel may grant fewer.
+// Raises the pool of `page_size` (on `node`, or globally when node < 0) until at least `count`
+// pages are free, through SystemSettings (journalled, restored on exit), and returns how many
+// pages are then free: the kernel may grant fewer. A pool that already has `count` free pages is
+// left alone. Globally, pages reserved by existing mappings (resv_hugepages) do not count as
+// free. Throws std::runtime_error if there is no such pool or it cannot be written.
 long ReserveHugepages(std::size_t page_size, long count, int node);
 
 // Which memory an arena region ended up backed by.
@@ -50,13 +54,25 @@ struct ArenaRegion {
   void* addr = nullptr;
   std::size_t size = 0;
   Backing backing = Backing::kBase4K;
-  std::string why;   // why this backing, e.g. "no free 2 MiB hugetlb pages on node 0; THP madvised"
+  // Why this backing, one line: each larger backing tried and why it was not used, then what
+  // was got, e.g. "2 MiB hugetlb: 0 free pages on node 0 (pool empty); THP madvised: got 64 of
+  // 64 MiB as huge pages".
+  std::string why;
   int node = -1;     // node the region is bound to, -1 if unbound
 };
 
 // Hands out regions backed by the largest page that is free: 1 GiB hugetlb when a whole page
 // fits and is free, else 2 MiB hugetlb, else anonymous memory madvised for THP, else 4 KiB
 // pages; bound to a node when one is given, and prefaulted so timing never pays first touch.
+//
+// A page size is only used when rounding the request up to it at most doubles it (a 1 GiB page
+// for requests over 512 MiB, 2 MiB pages for requests of 1 MiB or more): a benchmark that asks
+// for 8 MiB should not pin a whole 1 GiB page. Hugetlb pages are never taken from the pool
+// beyond what is free (checked on the node when one is given, then mmap without MAP_NORESERVE
+// and MADV_POPULATE_WRITE, which fail with an error rather than a SIGBUS). A THP region counts
+// as THP only if /proc/self/smaps shows huge pages in it after the prefault; if it got none it is
+// recorded as 4 KiB with the reason. The 4 KiB fallback is madvised MADV_NOHUGEPAGE, so it stays
+// 4 KiB even with THP=always.
 class HugetlbArena {
  public:
   HugetlbArena(const Topology& topology, std::optional<int> node);
@@ -65,14 +81,27 @@ class HugetlbArena {
   HugetlbArena& operator=(const HugetlbArena&) = delete;
 
   // `size` is rounded up to the backing's page size. Throws std::bad_alloc when even 4 KiB
-  // memory cannot be mapped.
+  // memory cannot be mapped. The returned reference stays valid for the arena's lifetime.
   const ArenaRegion& Allocate(std::size_t size);
   const std::vector<ArenaRegion>& regions() const { return regions_; }
 
  private:
+  struct Mapping {
+    void* addr;
+    std::size_t len;
+  };
   const Topology& topology_;
   std::optional<int> node_;
   std::vector<ArenaRegion> regions_;
+  std::deque<ArenaRegion> stable_regions_;  // what Allocate returns references to
+  std::vector<Mapping> mappings_;           // what the destructor unmaps (THP guard pages too)
 };
+
+namespace internal {
+// Tests only: makes the arena see this THP mode ("always", "madvise", "never") instead of
+// reading sysfs; an empty string goes back to sysfs. Lets the 4 KiB fallback be tested on a
+// machine where THP works.
+void OverrideThpModeForTesting(const std::string& mode);
+}  // namespace internal
 
 }  // namespace faultlab

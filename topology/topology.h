@@ -18,7 +18,9 @@ namespace faultlab {
 struct NodeInfo {
   int os_index = 0;
   std::vector<int> cpus;                 // OS indexes of the PUs local to this node
-  unsigned long long mem_available = 0;  // bytes; from the node's meminfo, not hwloc (wrong in VMs)
+  // Bytes. Not hwloc's node size (wrong in VMs): /proc/meminfo MemAvailable on a one-node
+  // machine, else estimated from the node's meminfo; hwloc's size for synthetic topologies.
+  unsigned long long mem_available = 0;
 };
 
 struct TopologySummary {
@@ -56,7 +58,8 @@ class Topology {
   TopologySummary summary_;
 };
 
-// Parses a CPU list ("0", "0-3", "0,2,5-7"). nullopt with `error` set on bad syntax.
+// Parses a CPU list ("0", "0-3", "0,2,5-7") in the order given, dropping repeats. nullopt with
+// `error` set on bad syntax (no spaces allowed).
 std::optional<std::vector<int>> ParseCpuList(const std::string& text, std::string* error);
 
 // Chooses the CPUs a run pins to: `cpus` if given (each must be in the allowed mask), else the
@@ -67,7 +70,8 @@ std::optional<std::vector<int>> ResolveRunCpus(const Topology& topology,
                                                std::optional<int> node, std::string* error);
 
 // Pins the calling thread to one CPU and returns the CPU it then runs on (sched_getcpu), or -1
-// with errno set if the pin failed.
+// with errno set if the pin failed: EINVAL for a CPU outside allowed_cpus, ENOSYS for a synthetic
+// topology, EAGAIN if the thread still runs elsewhere after the bind.
 int PinThisThread(const Topology& topology, int cpu);
 
 // Binds [addr, addr+len) to `node` (hwloc membind, strict). Call before the memory is touched.

@@ -1,0 +1,649 @@
+// Suite `fault`: what one page fault costs when memory is first touched, per kind of memory and
+// kind of access, for 1..N threads in one mm and 1..N processes.
+//
+// A round maps a fresh region, touches one byte per fault-sized page with a TSC stamp after each
+// touch (mapping, binding and unmapping stay outside the stamps), checks on the first round that
+// the kernel mapped what the case claims, and unmaps. Every sample is one fault, so the
+// distribution (p50..max) is of single faults, beside the mean.
+//
+// Steady state: in this VM the first touch of guest memory the host has not backed costs ~10x a
+// fault (platform.md). Round 0 is reported as first_round_ns; further rounds recycle the frames
+// the previous round freed until two consecutive round means agree within 5% (warmup_rounds,
+// warmup_stable), and only then are rounds measured. The time column is the steady-state mean
+// per fault (manual time; iterations = measured faults of one worker).
+//
+// The harness cost is measured, not assumed: the same stamped loop run over the last round's
+// already-populated pages gives the cost of a stamp and a touch without a fault (harness_ns,
+// harness_ratio = harness_ns / mean fault).
+
+#include <fcntl.h>
+#include <linux/mman.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "bench/harness.h"
+#include "bench/kernel_features.h"
+#include "bench/mm_probe.h"
+#include "bench/suite.h"
+#include "bench/tsc_clock.h"
+#include "topology/hugetlb.h"
+#include "topology/topology.h"
+
+namespace faultlab {
+namespace {
+
+enum class Memory { kAnon4K, kThp, kHugetlb2M, kHugetlb1G, kShmem };
+enum class Access { kWrite, kReadZeropage, kWriteAfterZeropage };
+
+struct MemoryKind {
+  Memory memory;
+  const char* name;         // the benchmark name's variant component
+  std::size_t page;         // bytes one fault maps
+  std::vector<Feature> needs;
+};
+
+const std::vector<MemoryKind>& MemoryKinds() {
+  static const std::vector<MemoryKind> kinds = {
+      {Memory::kAnon4K, "anon4k", kPage4K, {}},
+      {Memory::kThp, "thp", kPage2M, {Feature::kThp}},
+      {Memory::kHugetlb2M, "hugetlb2m", kPage2M, {Feature::kHugetlb2M}},
+      {Memory::kHugetlb1G, "hugetlb1g", kPage1G, {Feature::kHugetlb1G}},
+      {Memory::kShmem, "shmem", kPage4K, {Feature::kMemfd}},
+  };
+  return kinds;
+}
+
+const MemoryKind& KindOf(Memory memory) {
+  for (const MemoryKind& kind : MemoryKinds()) {
+    if (kind.memory == memory) return kind;
+  }
+  std::abort();
+}
+
+// The cases, each once, with the kernel path it exercises.
+struct Case {
+  const char* name;
+  Access access;
+  Memory memory;
+};
+const Case kCases[] = {
+    // do_anonymous_page: allocate a zeroed 4 KiB page and map it writable.
+    {"write", Access::kWrite, Memory::kAnon4K},
+    // do_anonymous_page, read: map the shared zero page; no allocation, not counted in Rss.
+    {"read_zeropage", Access::kReadZeropage, Memory::kAnon4K},
+    // do_wp_page on the zero page: allocate a zeroed page and replace the mapping; no copy.
+    {"write_after_zeropage", Access::kWriteAfterZeropage, Memory::kAnon4K},
+    // do_huge_pmd_anonymous_page: one fault allocates and zeroes a 2 MiB page.
+    {"write", Access::kWrite, Memory::kThp},
+    // hugetlb_no_page from the reserved pool, 2 MiB and 1 GiB.
+    {"write", Access::kWrite, Memory::kHugetlb2M},
+    {"write", Access::kWrite, Memory::kHugetlb1G},
+    // shmem_fault: allocate a page into the memfd's page cache and map it shared.
+    {"write", Access::kWrite, Memory::kShmem},
+};
+
+// One round's memory: mapped fresh, bound to the run's node, unmapped after.
+class Region {
+ public:
+  Region() = default;
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  ~Region() { Unmap(); }
+
+  // Empty on success, else why the region could not be had.
+  std::string Map(Memory memory, std::size_t bytes) {
+    bytes_ = bytes;
+    switch (memory) {
+      case Memory::kAnon4K:
+        base_ = MapAnonymous(bytes, 0);
+        if (base_ && madvise(base_, bytes, MADV_NOHUGEPAGE) != 0) return Errno("madvise");
+        break;
+      case Memory::kThp: {
+        // Over-map and trim so the region starts on a 2 MiB boundary: every fault can be huge.
+        char* raw = static_cast<char*>(MapAnonymous(bytes + kPage2M, 0));
+        if (!raw) return Errno("mmap");
+        const auto addr = reinterpret_cast<uintptr_t>(raw);
+        char* aligned = reinterpret_cast<char*>((addr + kPage2M - 1) & ~(kPage2M - 1));
+        if (aligned > raw) munmap(raw, static_cast<std::size_t>(aligned - raw));
+        munmap(aligned + bytes, static_cast<std::size_t>(raw + kPage2M - aligned));
+        base_ = aligned;
+        if (madvise(base_, bytes, MADV_HUGEPAGE) != 0) return Errno("madvise(MADV_HUGEPAGE)");
+        break;
+      }
+      case Memory::kHugetlb2M:
+        base_ = MapAnonymous(bytes, MAP_HUGETLB | MAP_HUGE_2MB);
+        break;
+      case Memory::kHugetlb1G:
+        base_ = MapAnonymous(bytes, MAP_HUGETLB | MAP_HUGE_1GB);
+        break;
+      case Memory::kShmem: {
+        memfd_ = memfd_create("faultlab-shmem", MFD_CLOEXEC);
+        if (memfd_ < 0) return Errno("memfd_create");
+        if (ftruncate(memfd_, static_cast<off_t>(bytes)) != 0) return Errno("ftruncate");
+        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+        base_ = p == MAP_FAILED ? nullptr : p;
+        break;
+      }
+    }
+    if (!base_) return Errno("mmap");
+    const RunOptions& options = CurrentRunOptions();
+    if (options.node && options.topology) {
+      std::string error;
+      if (!BindArea(*options.topology, base_, bytes, *options.node, &error)) return error;
+    }
+    return {};
+  }
+
+  void Unmap() {
+    if (base_) munmap(base_, bytes_);
+    if (memfd_ >= 0) close(memfd_);
+    base_ = nullptr;
+    memfd_ = -1;
+  }
+
+  char* base() const { return static_cast<char*>(base_); }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  static void* MapAnonymous(std::size_t bytes, int extra_flags) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  static std::string Errno(const char* what) {
+    return std::string(what) + ": " + std::strerror(errno);
+  }
+
+  void* base_ = nullptr;
+  std::size_t bytes_ = 0;
+  int memfd_ = -1;
+};
+
+// Touches one byte of each of `count` pages `stride` apart; ticks[i] is the TSC time from the
+// previous stamp to the stamp after touch i, so each sample holds one fault, one stamp and the
+// loop (the harness part is measured on populated pages).
+template <bool kWrite>
+void StampedTouch(char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
+  uint64_t prev = TscNow();
+  for (std::size_t i = 0; i < count; ++i) {
+    volatile char* p = base + i * stride;
+    if constexpr (kWrite) {
+      *p = 1;
+    } else {
+      (void)*p;
+    }
+    // Keep the compiler from moving the stamp across the touch; the fault itself serialises.
+    asm volatile("" ::: "memory");
+    const uint64_t now = TscNow();
+    ticks[i] = now - prev;
+    prev = now;
+  }
+}
+
+void Touch(Access access, char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
+  if (access == Access::kReadZeropage) {
+    StampedTouch<false>(base, stride, count, ticks);
+  } else {
+    StampedTouch<true>(base, stride, count, ticks);
+  }
+}
+
+// The premise of each case, checked on the first round before any figure is trusted.
+std::string CheckPremise(const Case& c, const Region& region) {
+  const MemoryKind& kind = KindOf(c.memory);
+  const long kb = static_cast<long>(region.bytes() / 1024);
+  const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
+  if (pagemap.empty()) return "cannot read /proc/self/pagemap";
+  if (CountPresent(pagemap) != pagemap.size()) {
+    return "only " + std::to_string(CountPresent(pagemap)) + " of " +
+           std::to_string(pagemap.size()) + " pages present after the touch";
+  }
+  std::map<std::string, long> smaps = SmapsOf(region.base());
+  auto field = [&](const char* name) { return smaps.count(name) ? smaps[name] : -1; };
+  switch (c.memory) {
+    case Memory::kAnon4K:
+      if (field("AnonHugePages") != 0) {
+        return "4 KiB case got huge pages (AnonHugePages " + std::to_string(field("AnonHugePages")) +
+               " kB) despite MADV_NOHUGEPAGE";
+      }
+      if (c.access == Access::kReadZeropage) {
+        // The zero page is not counted in Rss: a non-zero Rss means reads allocated pages.
+        if (field("Rss") != 0) {
+          return "read faults did not map the zero page (Rss " + std::to_string(field("Rss")) +
+                 " kB; is /sys/kernel/mm/transparent_hugepage/use_zero_page relevant?)";
+        }
+      } else if (field("Rss") != kb) {
+        return "Rss " + std::to_string(field("Rss")) + " kB, expected " + std::to_string(kb);
+      }
+      break;
+    case Memory::kThp:
+      if (field("AnonHugePages") != kb) {
+        return "THP not granted: AnonHugePages " + std::to_string(field("AnonHugePages")) +
+               " of " + std::to_string(kb) + " kB (memory fragmented, or THP defrag off?)";
+      }
+      break;
+    case Memory::kHugetlb2M:
+    case Memory::kHugetlb1G:
+      if (field("KernelPageSize") != static_cast<long>(kind.page / 1024) ||
+          field("Private_Hugetlb") != kb) {
+        return "hugetlb mapping is not what was asked: KernelPageSize " +
+               std::to_string(field("KernelPageSize")) + " kB, Private_Hugetlb " +
+               std::to_string(field("Private_Hugetlb")) + " kB";
+      }
+      break;
+    case Memory::kShmem:
+      if (field("Rss") != kb) {
+        return "shmem Rss " + std::to_string(field("Rss")) + " kB, expected " + std::to_string(kb);
+      }
+      break;
+  }
+  const RunOptions& options = CurrentRunOptions();
+  if (options.node) {
+    for (int node : PageNodes(region.base(), region.bytes(), kind.page)) {
+      if (node != *options.node) {
+        return "a page landed on node " + std::to_string(node) + ", not the bound node " +
+               std::to_string(*options.node);
+      }
+    }
+  }
+  return {};
+}
+
+double MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+}
+
+constexpr int kMaxWarmupRounds = 10;
+constexpr double kStableWithin = 0.05;
+
+struct WorkerResult {
+  std::vector<double> ns;  // steady-state samples, one per fault
+  double first_round_ns = 0;
+  int warmup_rounds = 0;
+  bool stable = false;
+  double harness_ns = 0;
+  CounterTotals counters;
+  double start_ns = 0, end_ns = 0;  // wall clock of the measured rounds, for throughput
+  std::string error;
+};
+
+// One worker's whole measurement: first round, warm-up, barrier, measured rounds, harness cost.
+WorkerResult MeasureWorker(const Case& c, std::size_t bytes, int rounds, int workers,
+                           SpinBarrier* barrier) {
+  WorkerResult result;
+  BarrierArrival measured_start(barrier, workers);
+  const MemoryKind& kind = KindOf(c.memory);
+  const std::size_t count = bytes / kind.page;
+  const double ns_per_tick = TscNsPerTick();
+  std::vector<uint64_t> ticks(count);  // zero-filled, so already faulted before any timing
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  result.counters.names = group.names();
+
+  // One round; returns the mean ns per fault, or a negative value with result.error set.
+  auto round = [&](bool verify, bool measured, bool last) -> double {
+    Region region;
+    if (std::string error = region.Map(c.memory, bytes); !error.empty()) {
+      result.error = error;
+      return -1;
+    }
+    if (c.access == Access::kWriteAfterZeropage) {
+      // Populate with the zero page first; only the writes that replace it are timed.
+      StampedTouch<false>(region.base(), kind.page, count, ticks.data());
+    }
+    const std::vector<double> before = measured ? group.Read() : std::vector<double>{};
+    Touch(c.access, region.base(), kind.page, count, ticks.data());
+    if (measured) result.counters.Add(before, group.Read());
+    double sum = 0;
+    for (uint64_t t : ticks) sum += static_cast<double>(t) * ns_per_tick;
+    if (measured) {
+      for (uint64_t t : ticks) result.ns.push_back(static_cast<double>(t) * ns_per_tick);
+    }
+    if (verify) {
+      if (std::string error = CheckPremise(c, region); !error.empty()) {
+        result.error = error;
+        return -1;
+      }
+    }
+    if (last) {
+      // The same loop over pages that are now mapped: the stamp and loop cost without a fault.
+      Touch(c.access, region.base(), kind.page, count, ticks.data());
+      // The median: an interrupt landing in this loop is noise the fault samples carry too,
+      // not a cost of the harness.
+      std::nth_element(ticks.begin(), ticks.begin() + count / 2, ticks.end());
+      result.harness_ns = static_cast<double>(ticks[count / 2]) * ns_per_tick;
+    }
+    return sum / static_cast<double>(count);
+  };
+
+  result.first_round_ns = round(/*verify=*/true, false, false);
+  if (result.first_round_ns < 0) return result;
+  double previous = result.first_round_ns;
+  for (int r = 0; r < kMaxWarmupRounds; ++r) {
+    const double mean = round(false, false, false);
+    if (mean < 0) return result;
+    ++result.warmup_rounds;
+    if (std::abs(mean - previous) <= kStableWithin * previous) {
+      result.stable = true;
+      break;
+    }
+    previous = mean;
+  }
+  // Measured rounds of all workers overlap: that is what the scaling cases measure.
+  measured_start.Arrive();
+  result.ns.reserve(static_cast<std::size_t>(rounds) * count);
+  result.start_ns = MonotonicNs();
+  for (int r = 0; r < rounds; ++r) {
+    if (round(false, true, r == rounds - 1) < 0) return result;
+  }
+  result.end_ns = MonotonicNs();
+  return result;
+}
+
+// Results of forked workers travel back through shared memory: fixed-size slots.
+constexpr std::size_t kMaxCounters = 32;
+struct ChildSlot {
+  double first_round_ns, harness_ns, start_ns, end_ns;
+  int warmup_rounds, stable, done;
+  std::size_t counter_count;
+  double counters[kMaxCounters];
+  char error[256];
+  std::size_t samples;  // followed by `samples` doubles
+};
+
+struct SharedArea {
+  void* base = nullptr;
+  std::size_t bytes = 0;
+  ~SharedArea() {
+    if (base) munmap(base, bytes);
+  }
+};
+
+// Forks procs-1 workers, measures as worker 0 itself, and gathers every worker's result.
+std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int rounds,
+                                           int procs, std::string* error) {
+  const std::size_t count = bytes / KindOf(c.memory).page;
+  const std::size_t slot_bytes =
+      sizeof(ChildSlot) + static_cast<std::size_t>(rounds) * count * sizeof(double);
+  SharedArea shared;
+  shared.bytes = 64 + slot_bytes * static_cast<std::size_t>(procs);
+  shared.base = mmap(nullptr, shared.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+  if (shared.base == MAP_FAILED) {
+    shared.base = nullptr;
+    *error = std::string("mmap of the results area: ") + std::strerror(errno);
+    return {};
+  }
+  auto* barrier = new (shared.base) SpinBarrier();
+  auto slot = [&](int i) {
+    return reinterpret_cast<ChildSlot*>(static_cast<char*>(shared.base) + 64 +
+                                        slot_bytes * static_cast<std::size_t>(i));
+  };
+  std::vector<pid_t> children;
+  for (int i = 1; i < procs; ++i) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      *error = std::string("fork: ") + std::strerror(errno);
+      break;
+    }
+    if (pid == 0) {
+      ChildSlot* out = slot(i);
+      int cpu = -1;
+      WorkerResult r;
+      if (auto why = PinWorker(i, &cpu)) {
+        r.error = *why;
+        barrier->Wait(procs);
+      } else {
+        r = MeasureWorker(c, bytes, rounds, procs, barrier);
+      }
+      out->first_round_ns = r.first_round_ns;
+      out->harness_ns = r.harness_ns;
+      out->start_ns = r.start_ns;
+      out->end_ns = r.end_ns;
+      out->warmup_rounds = r.warmup_rounds;
+      out->stable = r.stable;
+      out->counter_count = std::min(r.counters.sums.size(), kMaxCounters);
+      std::copy_n(r.counters.sums.begin(), out->counter_count, out->counters);
+      std::snprintf(out->error, sizeof(out->error), "%s", r.error.c_str());
+      out->samples = r.ns.size();
+      std::copy(r.ns.begin(), r.ns.end(), reinterpret_cast<double*>(out + 1));
+      out->done = 1;
+      _exit(0);
+    }
+    children.push_back(pid);
+  }
+  std::vector<WorkerResult> results;
+  if (error->empty()) {
+    results.push_back(MeasureWorker(c, bytes, rounds, procs, barrier));
+  } else {
+    // Without every worker the barrier never opens: stop the ones already waiting at it.
+    for (pid_t pid : children) kill(pid, SIGKILL);
+  }
+  for (std::size_t i = 0; i < children.size(); ++i) {
+    int status = 0;
+    waitpid(children[i], &status, 0);
+    const ChildSlot* in = slot(static_cast<int>(i) + 1);
+    WorkerResult r;
+    if (!WIFEXITED(status) || !in->done) {
+      r.error = "worker process " + std::to_string(i + 1) + " died (status " +
+                std::to_string(status) + ")";
+    } else {
+      r.first_round_ns = in->first_round_ns;
+      r.harness_ns = in->harness_ns;
+      r.start_ns = in->start_ns;
+      r.end_ns = in->end_ns;
+      r.warmup_rounds = in->warmup_rounds;
+      r.stable = in->stable != 0;
+      r.counters.sums.assign(in->counters, in->counters + in->counter_count);
+      r.error = in->error;
+      const auto* samples = reinterpret_cast<const double*>(in + 1);
+      r.ns.assign(samples, samples + in->samples);
+    }
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+// Thread workers of one benchmark run hand their results to thread 0 here.
+struct ThreadCollector {
+  std::mutex mutex;
+  std::vector<WorkerResult> results;
+  SpinBarrier measured;   // all measured rounds start together
+  SpinBarrier published;  // thread 0 reports once every worker has published
+};
+ThreadCollector& Collector() {
+  static ThreadCollector collector;
+  return collector;
+}
+
+void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& results,
+            int workers) {
+  for (const WorkerResult& r : results) {
+    if (!r.error.empty()) {
+      Skip(state, r.error);
+      return;
+    }
+  }
+  std::vector<double> all;
+  CounterTotals totals;
+  double first = 0, harness = 0, start = 1e300, end = 0;
+  int warmup = 0;
+  bool stable = true;
+  for (WorkerResult& r : results) {
+    all.insert(all.end(), r.ns.begin(), r.ns.end());
+    totals.Merge(r.counters);
+    first += r.first_round_ns;
+    harness += r.harness_ns;
+    start = std::min(start, r.start_ns);
+    end = std::max(end, r.end_ns);
+    warmup = std::max(warmup, r.warmup_rounds);
+    stable = stable && r.stable;
+  }
+  const double n = static_cast<double>(results.size());
+  const double faults = static_cast<double>(all.size());
+  LatencySummary summary = Summarize(all);
+  ReportLatency(state, summary);
+  ReportPerEvent(state, totals, faults);
+  const MemoryKind& kind = KindOf(c.memory);
+  state.counters["first_round_ns"] = first / n;
+  state.counters["warmup_rounds"] = warmup;
+  state.counters["warmup_stable"] = stable ? 1 : 0;
+  state.counters["harness_ns"] = harness / n;
+  state.counters["harness_ratio"] = summary.mean > 0 ? harness / n / summary.mean : 0;
+  state.counters["ns_per_4k"] = summary.mean / static_cast<double>(kind.page / kPage4K);
+  state.counters["faults_per_sec"] = end > start ? faults / ((end - start) * 1e-9) : 0;
+  state.counters["workers"] = workers;
+  std::string cpus;
+  for (std::size_t i = 0; i < static_cast<std::size_t>(workers); ++i) {
+    const auto& list = CurrentRunOptions().cpus;
+    if (list.empty()) break;
+    cpus += (i ? "," : "") + std::to_string(list[i % list.size()]);
+  }
+  const auto& node = CurrentRunOptions().node;
+  state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + (cpus.empty() ? "any" : cpus) +
+                 " node=" + (node ? std::to_string(*node) : "any") + " premise=verified");
+}
+
+void RunFaultCase(benchmark::State& state, const Case& c) {
+  const MemoryKind& kind = KindOf(c.memory);
+  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+  const int procs = static_cast<int>(state.range(1));
+  const int rounds = static_cast<int>(state.range(2));
+  const int threads = state.threads();
+  const int workers = std::max(procs, threads);
+  const bool reporter = state.thread_index() == 0;
+
+  std::string skip;
+  for (Feature feature : kind.needs) {
+    if (auto why = WhyUnavailable(feature)) skip = *why;
+  }
+  if (skip.empty() && (c.memory == Memory::kHugetlb2M || c.memory == Memory::kHugetlb1G)) {
+    const long pages = static_cast<long>(bytes / kind.page) * workers;
+    if (auto why = WhyNoHugetlbPages(kind.page, pages, CurrentRunOptions().node.value_or(-1))) {
+      skip = *why;
+    }
+  }
+  int cpu = -1;
+  if (skip.empty()) {
+    if (auto why = PinWorker(state.thread_index(), &cpu)) skip = *why;
+  }
+
+  WorkerResult mine;
+  if (procs > 1) {
+    if (reporter && skip.empty()) {
+      std::string error;
+      std::vector<WorkerResult> results = MeasureProcesses(c, bytes, rounds, procs, &error);
+      if (!error.empty()) {
+        Skip(state, error);
+      } else {
+        mine = results.front();
+        Report(state, c, results, workers);
+      }
+    } else if (reporter) {
+      Skip(state, skip);
+    }
+  } else {
+    ThreadCollector& collector = Collector();
+    // Every thread takes part in both barriers, even one that skips, so none waits forever.
+    if (skip.empty()) {
+      mine = MeasureWorker(c, bytes, rounds, threads, &collector.measured);
+    } else {
+      mine.error = skip;
+      if (threads > 1) collector.measured.Wait(threads);
+    }
+    {
+      std::lock_guard<std::mutex> lock(collector.mutex);
+      collector.results.push_back(mine);
+    }
+    collector.published.Wait(threads);
+    if (reporter) {
+      Report(state, c, collector.results, workers);
+      collector.results.clear();
+    }
+  }
+  // Manual time: this worker's steady-state fault time; iterations are its measured faults.
+  // Google Benchmark divides the threads' mean manual time by the iterations of all threads;
+  // scaling by the thread count keeps the time column the mean latency of one fault, as it is
+  // for processes (whose iterations are worker 0's). Throughput is faults_per_sec.
+  double seconds = 0;
+  for (double ns : mine.ns) seconds += ns * 1e-9;
+  for (auto _ : state) {
+  }
+  if (!mine.ns.empty()) state.SetIterationTime(seconds * threads);
+}
+
+void RegisterFaultSuite(const RunOptions& options) {
+  const int cpus = std::max<int>(1, static_cast<int>(options.cpus.size()));
+  for (const Case& c : kCases) {
+    const MemoryKind& kind = KindOf(c.memory);
+    // Region per round and measured rounds: enough faults for a p99.9 where the page is small,
+    // a bounded footprint where it is huge.
+    long mib = 0;
+    int rounds = 0;
+    switch (c.memory) {
+      case Memory::kAnon4K:
+      case Memory::kShmem:
+        mib = options.quick ? 64 : 256;
+        rounds = options.quick ? 4 : 8;
+        break;
+      case Memory::kThp:
+        mib = options.quick ? 256 : 1024;
+        rounds = options.quick ? 4 : 8;
+        break;
+      case Memory::kHugetlb2M:
+        mib = options.quick ? 64 : 256;
+        rounds = options.quick ? 8 : 16;
+        break;
+      case Memory::kHugetlb1G:
+        mib = 1024;
+        rounds = options.quick ? 4 : 16;
+        break;
+    }
+    const long faults = mib * (1l << 20) / static_cast<long>(kind.page) * rounds;
+    // The scaling shape will-it-scale users know: 1..N threads in one mm, 1..N processes.
+    // --quick scales only the base case.
+    const bool scale = !options.quick || (c.memory == Memory::kAnon4K && c.access == Access::kWrite);
+    const int max_workers = scale ? cpus : 1;
+    auto add = [&](int procs, int threads) {
+      const std::string name =
+          std::string("fault/") + c.name + "/" + kind.name;
+      benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& st) { RunFaultCase(st, c); })
+          ->Args({mib, procs, rounds})
+          ->ArgNames({"region_mib", "procs", "rounds"})
+          ->Threads(threads)
+          ->Iterations(faults)
+          ->Repetitions(options.quick ? 3 : 5)
+          ->UseManualTime()
+          ->Unit(benchmark::kNanosecond);
+    };
+    for (int t = 1; t <= max_workers; ++t) add(1, t);
+    for (int p = 2; p <= max_workers; ++p) add(p, 1);
+  }
+}
+
+std::vector<SuiteVariant> FaultVariants() {
+  std::vector<SuiteVariant> variants;
+  for (const MemoryKind& kind : MemoryKinds()) variants.push_back({kind.name, kind.needs});
+  return variants;
+}
+
+FAULTLAB_SUITE(Suite{"fault", "first-touch, zeropage and write-after-zeropage faults per memory kind",
+                     FaultVariants(), RegisterFaultSuite});
+
+}  // namespace
+}  // namespace faultlab

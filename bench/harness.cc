@@ -1,0 +1,94 @@
+#include "bench/harness.h"
+
+#include <emmintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "bench/suite.h"
+#include "topology/topology.h"
+
+namespace faultlab {
+
+std::optional<std::string> PinWorker(int index, int* cpu) {
+  const RunOptions& options = CurrentRunOptions();
+  if (options.cpus.empty() || options.topology == nullptr) {
+    *cpu = sched_getcpu();
+    return std::nullopt;
+  }
+  const int want = options.cpus[static_cast<std::size_t>(index) % options.cpus.size()];
+  const int got = PinThisThread(*options.topology, want);
+  if (got != want) {
+    return "could not pin worker " + std::to_string(index) + " to CPU " + std::to_string(want) +
+           " (runs on " + std::to_string(sched_getcpu()) + ")";
+  }
+  *cpu = got;
+  return std::nullopt;
+}
+
+void SpinBarrier::Wait(int parties) {
+  const int gen = generation.load(std::memory_order_acquire);
+  if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == parties) {
+    arrived.store(0, std::memory_order_relaxed);
+    generation.fetch_add(1, std::memory_order_release);
+    return;
+  }
+  while (generation.load(std::memory_order_acquire) == gen) _mm_pause();
+}
+
+void CounterTotals::Add(const std::vector<double>& before, const std::vector<double>& after) {
+  if (sums.size() < after.size()) sums.resize(after.size(), 0.0);
+  for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
+    sums[i] += after[i] - before[i];
+  }
+}
+
+void CounterTotals::Merge(const CounterTotals& other) {
+  if (names.empty()) names = other.names;
+  if (sums.size() < other.sums.size()) sums.resize(other.sums.size(), 0.0);
+  for (std::size_t i = 0; i < other.sums.size(); ++i) sums[i] += other.sums[i];
+}
+
+LatencySummary Summarize(std::vector<double>& ns) {
+  LatencySummary s;
+  s.count = ns.size();
+  if (ns.empty()) return s;
+  std::sort(ns.begin(), ns.end());
+  // Nearest-rank percentiles: a reported p99 is a latency some fault really had.
+  auto rank = [&](double q) {
+    const auto i = static_cast<std::size_t>(std::ceil(q * static_cast<double>(ns.size())));
+    return ns[std::min(ns.size() - 1, i == 0 ? 0 : i - 1)];
+  };
+  s.mean = std::accumulate(ns.begin(), ns.end(), 0.0) / static_cast<double>(ns.size());
+  s.p50 = rank(0.50);
+  s.p90 = rank(0.90);
+  s.p99 = rank(0.99);
+  s.p999 = rank(0.999);
+  s.max = ns.back();
+  return s;
+}
+
+void ReportLatency(benchmark::State& state, const LatencySummary& summary,
+                   const std::string& prefix) {
+  state.counters[prefix + "mean_ns"] = summary.mean;
+  state.counters[prefix + "p50_ns"] = summary.p50;
+  state.counters[prefix + "p90_ns"] = summary.p90;
+  state.counters[prefix + "p99_ns"] = summary.p99;
+  state.counters[prefix + "p999_ns"] = summary.p999;
+  state.counters[prefix + "max_ns"] = summary.max;
+}
+
+void ReportPerEvent(benchmark::State& state, const CounterTotals& totals, double events) {
+  if (events <= 0) return;
+  for (std::size_t i = 0; i < totals.names.size() && i < totals.sums.size(); ++i) {
+    state.counters[totals.names[i]] = totals.sums[i] / events;
+  }
+}
+
+void Skip(benchmark::State& state, const std::string& reason) {
+  state.SkipWithError(("skipped: " + reason).c_str());
+}
+
+}  // namespace faultlab

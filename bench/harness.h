@@ -1,0 +1,76 @@
+// Pieces every suite uses around its timed code: pinning a worker, a barrier that works across
+// threads and forked processes, counter deltas, and the latency distribution of single events.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "bench/perf_counters.h"
+
+namespace faultlab {
+
+// Pins the calling thread to the run's CPU for worker `index` (round-robin over --cpu) and
+// checks sched_getcpu agrees. nullopt on success with *cpu set; otherwise why it failed.
+std::optional<std::string> PinWorker(int index, int* cpu);
+
+// A sense-reversing barrier that lives in ordinary or MAP_SHARED memory, so forked workers can
+// meet at it too. Spins with a pause; workers are pinned one per CPU, never oversubscribed.
+struct SpinBarrier {
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+  void Wait(int parties);
+};
+
+// Arrives at a barrier exactly once: at Arrive(), or on leaving scope, so a worker that fails
+// before the barrier never leaves the others spinning. A barrier of one party is no barrier.
+class BarrierArrival {
+ public:
+  BarrierArrival(SpinBarrier* barrier, int parties) : barrier_(barrier), parties_(parties) {}
+  ~BarrierArrival() { Arrive(); }
+  BarrierArrival(const BarrierArrival&) = delete;
+  BarrierArrival& operator=(const BarrierArrival&) = delete;
+  void Arrive() {
+    if (barrier_ && parties_ > 1) barrier_->Wait(parties_);
+    barrier_ = nullptr;
+  }
+
+ private:
+  SpinBarrier* barrier_;
+  int parties_;
+};
+
+// Sums of counter deltas over the timed parts of a measurement.
+struct CounterTotals {
+  std::vector<std::string> names;
+  std::vector<double> sums;
+
+  void Add(const std::vector<double>& before, const std::vector<double>& after);
+  void Merge(const CounterTotals& other);
+};
+
+// Single-event latencies in nanoseconds and the figures reported from them.
+struct LatencySummary {
+  std::size_t count = 0;
+  double mean = 0, p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;
+};
+// Sorts `ns` in place.
+LatencySummary Summarize(std::vector<double>& ns);
+
+// Writes the summary as counters "<prefix>mean_ns", "<prefix>p50_ns", ... and each counter total
+// divided by `events` (so "page-faults" reads as page faults per measured fault). Counters are
+// plain values: only one thread of a benchmark reports them.
+void ReportLatency(benchmark::State& state, const LatencySummary& summary,
+                   const std::string& prefix = "");
+void ReportPerEvent(benchmark::State& state, const CounterTotals& totals, double events);
+
+// The message a skipped row carries, prefixed so the CSV's `skipped` column and a reader can tell
+// a skip (a missing feature, page size, node or privilege) from a failure.
+void Skip(benchmark::State& state, const std::string& reason);
+
+}  // namespace faultlab

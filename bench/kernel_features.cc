@@ -1,0 +1,294 @@
+#include "bench/kernel_features.h"
+
+#include <fcntl.h>
+#include <linux/perf_event.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+// Newer than the kernel headers Debian Bookworm ships (6.1); values from include/uapi.
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+namespace faultlab {
+namespace {
+
+std::optional<std::string> ReadTrimmed(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string text = buffer.str();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+std::optional<long> ReadLong(const std::string& path) {
+  std::optional<std::string> text = ReadTrimmed(path);
+  if (!text || text->empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  long value = std::strtol(text->c_str(), &end, 10);
+  if (errno != 0 || end == text->c_str()) return std::nullopt;
+  return value;
+}
+
+std::string ErrnoName(int error) {
+  // strerrorname_np gives "ENOENT", which is what people search for; glibc 2.32+.
+  const char* name = strerrorname_np(error);
+  return name != nullptr ? name : absl::StrCat("errno ", error);
+}
+
+bool PathExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// "2 MiB", "1 GiB", "64 KiB": how people name hugetlb sizes.
+std::string SizeName(std::size_t bytes) {
+  if (bytes >= (1ul << 30) && bytes % (1ul << 30) == 0) return absl::StrCat(bytes >> 30, " GiB");
+  if (bytes >= (1ul << 20) && bytes % (1ul << 20) == 0) return absl::StrCat(bytes >> 20, " MiB");
+  return absl::StrCat(bytes >> 10, " KiB");
+}
+
+// The SIZE of --reserve-hugepages SIZE:N.
+std::string FlagSizeName(std::size_t bytes) {
+  if (bytes % (1ul << 30) == 0) return absl::StrCat(bytes >> 30, "G");
+  if (bytes % (1ul << 20) == 0) return absl::StrCat(bytes >> 20, "M");
+  return absl::StrCat(bytes >> 10, "K");
+}
+
+std::string HugetlbDir(std::size_t page_size, int node) {
+  std::string leaf = absl::StrCat("hugepages-", page_size >> 10, "kB");
+  if (node < 0) return absl::StrCat("/sys/kernel/mm/hugepages/", leaf);
+  return absl::StrCat("/sys/devices/system/node/node", node, "/hugepages/", leaf);
+}
+
+// How a userfaultfd was obtained, so a failure can name both ways.
+struct UffdOpen {
+  int fd = -1;
+  std::string error;
+};
+
+// The syscall with UFFD_USER_MODE_ONLY works for anyone even when vm.unprivileged_userfaultfd=0
+// (faults from kernel mode are then not reported, which no benchmark needs); /dev/userfaultfd
+// is the other door, governed by the device node's permissions.
+UffdOpen OpenUserfaultfd() {
+  UffdOpen result;
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (fd >= 0) {
+    result.fd = fd;
+    return result;
+  }
+  std::string syscall_error = ErrnoName(errno);
+  std::string dev_error;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev < 0) {
+    dev_error = absl::StrCat("open /dev/userfaultfd: ", ErrnoName(errno));
+  } else {
+    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+      close(dev);
+      result.fd = fd;
+      return result;
+    }
+    dev_error = absl::StrCat("USERFAULTFD_IOC_NEW: ", ErrnoName(errno));
+    close(dev);
+  }
+  std::optional<long> unprivileged = ReadLong("/proc/sys/vm/unprivileged_userfaultfd");
+  result.error = absl::StrCat(
+      "userfaultfd unavailable (syscall: ", syscall_error, "; ", dev_error,
+      "; vm.unprivileged_userfaultfd=", unprivileged ? absl::StrCat(*unprivileged) : "?", ")");
+  return result;
+}
+
+std::optional<std::string> ProbeThp() {
+  std::optional<std::string> enabled = ReadTrimmed("/sys/kernel/mm/transparent_hugepage/enabled");
+  if (!enabled) return "THP not built in (no /sys/kernel/mm/transparent_hugepage/enabled)";
+  if (enabled->find("[never]") != std::string::npos) {
+    return "THP disabled (transparent_hugepage/enabled=never)";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> ProbeHugetlbSize(std::size_t page_size) {
+  if (PathExists(HugetlbDir(page_size, -1))) return std::nullopt;
+  if (!PathExists("/sys/kernel/mm/hugepages")) {
+    return "hugetlb not built in (no /sys/kernel/mm/hugepages)";
+  }
+  return absl::StrCat("no ", SizeName(page_size), " hugetlb page size (no ",
+                      HugetlbDir(page_size, -1), ")");
+}
+
+std::optional<std::string> ProbeMemfd() {
+  int fd = memfd_create("faultlab-probe", MFD_CLOEXEC);
+  if (fd < 0) return absl::StrCat("memfd_create failed: ", ErrnoName(errno));
+  close(fd);
+  return std::nullopt;
+}
+
+std::optional<std::string> ProbeUserfaultfd() {
+  UffdOpen uffd = OpenUserfaultfd();
+  if (uffd.fd < 0) return uffd.error;
+  close(uffd.fd);
+  return std::nullopt;
+}
+
+std::optional<std::string> ProbeHardwarePmu() {
+  perf_event_attr attr{};
+  attr.size = sizeof(attr);
+  attr.type = PERF_TYPE_HARDWARE;
+  attr.config = PERF_COUNT_HW_CPU_CYCLES;
+  attr.disabled = 1;
+  // User mode only, so perf_event_paranoid cannot be the reason it fails.
+  attr.exclude_kernel = 1;
+  attr.exclude_hv = 1;
+  int fd = static_cast<int>(syscall(SYS_perf_event_open, &attr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC));
+  if (fd >= 0) {
+    close(fd);
+    return std::nullopt;
+  }
+  int error = errno;
+  if (error == ENOENT || error == EOPNOTSUPP) {
+    return absl::StrCat("no hardware PMU (perf_event_open cycles: ", ErrnoName(error), ")");
+  }
+  return absl::StrCat("perf_event_open cycles failed: ", ErrnoName(error));
+}
+
+std::optional<std::string> ProbePerfKernel() {
+  if (geteuid() == 0) return std::nullopt;
+  std::optional<long> paranoid = ReadLong("/proc/sys/kernel/perf_event_paranoid");
+  if (paranoid && *paranoid < 2) return std::nullopt;
+  return absl::StrCat("perf_event_paranoid=", paranoid ? absl::StrCat(*paranoid) : "?",
+                      " and not root: kernel-mode counts need root or "
+                      "sysctl kernel.perf_event_paranoid=1");
+}
+
+// Counts the nodes in a list like "0", "0-1" or "0,2-3".
+int CountNodeList(const std::string& list) {
+  int count = 0;
+  std::stringstream ranges(list);
+  std::string range;
+  while (std::getline(ranges, range, ',')) {
+    if (range.empty()) continue;
+    std::size_t dash = range.find('-');
+    if (dash == std::string::npos) {
+      ++count;
+    } else {
+      count += std::atoi(range.c_str() + dash + 1) - std::atoi(range.c_str()) + 1;
+    }
+  }
+  return count;
+}
+
+std::optional<std::string> ProbeNumaMulti() {
+  std::optional<std::string> nodes = ReadTrimmed("/sys/devices/system/node/has_memory");
+  if (!nodes) return "no NUMA support (no /sys/devices/system/node/has_memory)";
+  int count = CountNodeList(*nodes);
+  if (count > 1) return std::nullopt;
+  return absl::StrCat("one NUMA node with memory (has_memory=", *nodes, ")");
+}
+
+std::optional<std::string> ProbeGuardRegions() {
+  long page = sysconf(_SC_PAGESIZE);
+  void* addr = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (addr == MAP_FAILED)
+    return absl::StrCat("mmap for the guard probe failed: ", ErrnoName(errno));
+  int rc = madvise(addr, page, MADV_GUARD_INSTALL);
+  int error = errno;
+  munmap(addr, 2 * page);
+  if (rc == 0) return std::nullopt;
+  return absl::StrCat("MADV_GUARD_INSTALL unsupported (needs Linux 6.13+): ", ErrnoName(error));
+}
+
+std::optional<std::string> Probe(Feature feature) {
+  switch (feature) {
+    case Feature::kThp: return ProbeThp();
+    case Feature::kHugetlb2M: return ProbeHugetlbSize(2ul << 20);
+    case Feature::kHugetlb1G: return ProbeHugetlbSize(1ul << 30);
+    case Feature::kMemfd: return ProbeMemfd();
+    case Feature::kUserfaultfd: return ProbeUserfaultfd();
+    case Feature::kHardwarePmu: return ProbeHardwarePmu();
+    case Feature::kPerfKernel: return ProbePerfKernel();
+    case Feature::kNumaMulti: return ProbeNumaMulti();
+    case Feature::kGuardRegions: return ProbeGuardRegions();
+  }
+  return "unknown feature";
+}
+
+constexpr std::size_t kFeatureCount = static_cast<std::size_t>(Feature::kGuardRegions) + 1;
+
+}  // namespace
+
+std::optional<std::string> WhyUnavailable(Feature feature) {
+  // Kernel features and permissions do not change during a run; each probe runs once, and
+  // suites may ask from any benchmark thread.
+  static std::array<std::once_flag, kFeatureCount> once;
+  static std::array<std::optional<std::string>, kFeatureCount> answers;
+  auto index = static_cast<std::size_t>(feature);
+  if (index >= kFeatureCount) return "unknown feature";
+  std::call_once(once[index], [&] { answers[index] = Probe(feature); });
+  return answers[index];
+}
+
+long FreeHugetlbPages(std::size_t page_size, int node) {
+  std::optional<long> free = ReadLong(HugetlbDir(page_size, node) + "/free_hugepages");
+  return free ? *free : -1;
+}
+
+std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, int node) {
+  // Never cached: pools are resized by --reserve-hugepages and by other processes mid-run.
+  std::string where = node < 0 ? "" : absl::StrCat(" on node ", node);
+  std::string dir = HugetlbDir(page_size, node);
+  std::optional<long> free = ReadLong(dir + "/free_hugepages");
+  if (!free) {
+    return absl::StrCat("no ", SizeName(page_size), " hugetlb pool", where, " (no ", dir, ")");
+  }
+  if (*free >= count) return std::nullopt;
+  long total = ReadLong(dir + "/nr_hugepages").value_or(*free);
+  long in_use = total > *free ? total - *free : 0;
+  std::string pool =
+      total == 0 ? "pool empty" : absl::StrCat("pool of ", total, ", ", in_use, " in use");
+  // The flag sets the pool's total, so pages others hold must be added to what this case needs.
+  return absl::StrCat("needs ", count, " free ", SizeName(page_size), " hugetlb pages", where, ", ",
+                      *free, " free (", pool, "): rerun with --reserve-hugepages ",
+                      FlagSizeName(page_size), ":", in_use + count);
+}
+
+UffdApi ProbeUffdApi() {
+  UffdApi result;
+  UffdOpen uffd = OpenUserfaultfd();
+  if (uffd.fd < 0) {
+    result.error = uffd.error;
+    return result;
+  }
+  // features=0 asks for nothing, and the kernel answers with everything it supports.
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = 0;
+  if (ioctl(uffd.fd, UFFDIO_API, &api) != 0) {
+    result.error = absl::StrCat("UFFDIO_API failed: ", ErrnoName(errno));
+  } else {
+    result.features = api.features;
+    result.ioctls = api.ioctls;
+  }
+  close(uffd.fd);
+  return result;
+}
+
+}  // namespace faultlab

@@ -1,0 +1,38 @@
+// What the kernel really mapped: /proc/self/pagemap and /proc/self/smaps for one address range.
+//
+// Benchmarks check their premise here before trusting a figure (selftests/mm cow.c style):
+// every page present, the zero page really shared (it does not count in Rss), a THP really
+// huge, a hugetlb mapping really of the page size asked for.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace faultlab {
+
+// One pagemap entry per 4 KiB page of [addr, addr+len). Empty if pagemap cannot be read.
+std::vector<uint64_t> ReadPagemap(const void* addr, std::size_t len);
+
+// Bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
+inline bool PagemapPresent(uint64_t e) { return (e >> 63) & 1; }
+inline bool PagemapSwapped(uint64_t e) { return (e >> 62) & 1; }
+inline bool PagemapFileOrShared(uint64_t e) { return (e >> 61) & 1; }
+inline bool PagemapUffdWp(uint64_t e) { return (e >> 57) & 1; }
+inline bool PagemapExclusive(uint64_t e) { return (e >> 56) & 1; }
+// The PFN reads as 0 without CAP_SYS_ADMIN.
+inline uint64_t PagemapPfn(uint64_t e) { return e & ((1ull << 55) - 1); }
+
+// How many pages of the range are present.
+std::size_t CountPresent(const std::vector<uint64_t>& pagemap);
+
+// The smaps fields of the VMA that contains `addr`, in kB ("Rss", "AnonHugePages",
+// "KernelPageSize", "Private_Hugetlb", ...). Empty if no VMA contains it.
+std::map<std::string, long> SmapsOf(const void* addr);
+
+// Number of VMAs in /proc/self/maps.
+std::size_t CountVmas();
+
+}  // namespace faultlab
