@@ -1322,6 +1322,9 @@ void PrintEnvironmentTable(const nlohmann::json& env, std::ostream& out) {
       for (Feature feature : variant.needs) {
         if (std::optional<std::string> why = WhyUnavailable(feature)) reasons.push_back(*why);
       }
+      if (reasons.empty() && variant.hugetlb_page_size > 0) {
+        if (auto why = WhyNoHugetlbPages(variant.hugetlb_page_size, variant.hugetlb_pages)) reasons.push_back(*why);
+      }
       out << "    " << variant.name << std::string(name_width - variant.name.size() + 2, ' ')
           << (reasons.empty() ? "runs" : absl::StrCat("skipped: ", absl::StrJoin(reasons, "; ")))
           << '\n';

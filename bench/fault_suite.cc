@@ -587,33 +587,30 @@ void RunFaultCase(benchmark::State& state, const Case& c) {
   if (!mine.ns.empty()) state.SetIterationTime(seconds * threads);
 }
 
+// Region per round: enough faults for a p99.9 where the page is small, a bounded footprint where
+// it is huge.
+long QuickRegionMib(Memory memory) {
+  switch (memory) {
+    case Memory::kThp: return 256;
+    case Memory::kHugetlb1G: return 1024;
+    default: return 64;
+  }
+}
+long FullRegionMib(Memory memory) {
+  switch (memory) {
+    case Memory::kThp:
+    case Memory::kHugetlb1G: return 1024;
+    default: return 256;
+  }
+}
+
 void RegisterFaultSuite(const RunOptions& options) {
   const int cpus = std::max<int>(1, static_cast<int>(options.cpus.size()));
   for (const Case& c : kCases) {
     const MemoryKind& kind = KindOf(c.memory);
-    // Region per round and measured rounds: enough faults for a p99.9 where the page is small,
-    // a bounded footprint where it is huge.
-    long mib = 0;
-    int rounds = 0;
-    switch (c.memory) {
-      case Memory::kAnon4K:
-      case Memory::kShmem:
-        mib = options.quick ? 64 : 256;
-        rounds = options.quick ? 4 : 8;
-        break;
-      case Memory::kThp:
-        mib = options.quick ? 256 : 1024;
-        rounds = options.quick ? 4 : 8;
-        break;
-      case Memory::kHugetlb2M:
-        mib = options.quick ? 64 : 256;
-        rounds = options.quick ? 8 : 16;
-        break;
-      case Memory::kHugetlb1G:
-        mib = 1024;
-        rounds = options.quick ? 4 : 16;
-        break;
-    }
+    const long mib = options.quick ? QuickRegionMib(c.memory) : FullRegionMib(c.memory);
+    const bool few = c.memory == Memory::kHugetlb2M || c.memory == Memory::kHugetlb1G;
+    const int rounds = (options.quick ? 4 : 8) * (few ? 2 : 1);
     const long faults = mib * (1l << 20) / static_cast<long>(kind.page) * rounds;
     // The scaling shape will-it-scale users know: 1..N threads in one mm, 1..N processes.
     // --quick scales only the base case.
@@ -638,7 +635,11 @@ void RegisterFaultSuite(const RunOptions& options) {
 
 std::vector<SuiteVariant> FaultVariants() {
   std::vector<SuiteVariant> variants;
-  for (const MemoryKind& kind : MemoryKinds()) variants.push_back({kind.name, kind.needs});
+  for (const MemoryKind& kind : MemoryKinds()) {
+    const bool hugetlb = kind.memory == Memory::kHugetlb2M || kind.memory == Memory::kHugetlb1G;
+    const long quick_pages = static_cast<long>(QuickRegionMib(kind.memory) * (1ul << 20) / kind.page);
+    variants.push_back({kind.name, kind.needs, hugetlb ? kind.page : 0, hugetlb ? quick_pages : 0});
+  }
   return variants;
 }
 

@@ -29,6 +29,7 @@
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "bench/environment.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
@@ -55,7 +56,7 @@ struct RunArgs {
   std::vector<std::string> suites;
   std::string filter;
   std::string cpu_list;
-  int node = -1;
+  std::string node;
   std::vector<std::string> counters;
   std::string out;
   std::string reserve;
@@ -82,7 +83,11 @@ class ProgressReporter : public benchmark::ConsoleReporter {
 // Collects the names `--benchmark_list_tests` prints, to count the run's benchmarks up front.
 class ListReporter : public benchmark::ConsoleReporter {
  public:
-  ListReporter() { SetOutputStream(&names_); }
+  // Its error stream too: a filter that matches nothing gets faultlab's message, not two.
+  ListReporter() {
+    SetOutputStream(&names_);
+    SetErrorStream(&errors_);
+  }
   bool ReportContext(const Context&) override { return true; }
   std::size_t Count() const {
     std::size_t lines = 0;
@@ -92,6 +97,7 @@ class ListReporter : public benchmark::ConsoleReporter {
 
  private:
   std::ostringstream names_;
+  std::ostringstream errors_;
 };
 
 // Google Benchmark parses its flags from an argv; this keeps the strings alive for it.
@@ -204,7 +210,13 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     cpu_request = *parsed;
   }
   std::optional<int> node;
-  if (args.node >= 0) node = args.node;
+  if (!args.node.empty()) {
+    int parsed = -1;
+    if (!absl::SimpleAtoi(args.node, &parsed) || parsed < 0) {
+      return BadInput("--node: '" + args.node + "' is not a NUMA node number");
+    }
+    node = parsed;
+  }
   auto cpus = ResolveRunCpus(*topology, cpu_request, node, &error);
   if (!cpus) return BadInput(error);
   std::vector<std::string> counters = args.counters.empty() ? DefaultCounterNames() : args.counters;
@@ -387,8 +399,7 @@ int main(int argc, char** argv) {
   run->add_option("--suite", args.suites, "suites to run, comma-separated")->delimiter(',');
   run->add_option("--filter", args.filter, "regular expression on benchmark names");
   run->add_option("--cpu", args.cpu_list, "CPUs to pin workers to, e.g. 0,2-3");
-  run->add_option("--node", args.node, "NUMA node for CPUs and memory")
-      ->check(CLI::NonNegativeNumber);
+  run->add_option("--node", args.node, "NUMA node for CPUs and memory");
   run->add_option("--counters", args.counters, "perf event names, comma-separated")
       ->delimiter(',');
   run->add_option("--out", args.out, "output directory (default reports/out/<timestamp>)");
@@ -402,6 +413,12 @@ int main(int argc, char** argv) {
   CLI::App* restore =
       app.add_subcommand("restore", "restore system settings a crashed run left changed");
 
+  const std::string first = argc > 1 ? argv[1] : "";
+  if (!first.empty() && first[0] != '-' && first != "run" && first != "env" &&
+      first != "restore") {
+    return BadInput(std::string("unknown command '") + argv[1] +
+                    "' (commands: run, env, restore)");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -33,6 +33,8 @@ void SetCurrentRunOptions(RunOptions options);
 struct SuiteVariant {
   std::string name;                      // e.g. "hugetlb2m"
   std::vector<Feature> needs;            // features it cannot run without
+  std::size_t hugetlb_page_size = 0;     // > 0: it also needs free hugetlb pages of this size,
+  long hugetlb_pages = 0;                //   this many for `run --quick`
 };
 
 struct Suite {

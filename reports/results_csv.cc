@@ -79,7 +79,7 @@ std::string ResultsCsv(const nlohmann::json& results) {
   for (const auto& run : runs) {
     for (const auto& [key, value] : SplitName(run.value("run_name", "")).args) {
       // "iterations:N" in a name repeats the iterations field, which has its own column.
-      if (!RunFields().count(key)) arg_names.insert(key);
+      if (key != "iterations") arg_names.insert(key);
     }
     for (const auto& [key, value] : run.items()) {
       if (!RunFields().count(key) && value.is_number()) counter_names.insert(key);

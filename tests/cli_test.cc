@@ -1,0 +1,312 @@
+// The faultlab program as a user drives it: bad input, the files a run writes and what they
+// hold, pinning, skipped rows, and hugetlb pools restored when a run is killed.
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/kernel_features.h"
+#include "topology/hugetlb.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string Slurp(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+class ScratchDir {
+ public:
+  ScratchDir() {
+    char tmpl[] = "/tmp/faultlab-cli-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~ScratchDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// Runs the faultlab binary with `args`; stdout and stderr go to files in `scratch`.
+Outcome Faultlab(const std::vector<std::string>& args, const ScratchDir& scratch) {
+  std::string command = FAULTLAB_BINARY;
+  for (const std::string& arg : args) command += " '" + arg + "'";
+  const fs::path out = scratch.path() / "stdout";
+  const fs::path err = scratch.path() / "stderr";
+  command += " >" + out.string() + " 2>" + err.string();
+  const int status = std::system(command.c_str());
+  Outcome outcome;
+  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  outcome.out = Slurp(out);
+  outcome.err = Slurp(err);
+  return outcome;
+}
+
+long ReadLong(const std::string& path) {
+  std::ifstream in(path);
+  long value = -1;
+  in >> value;
+  return value;
+}
+
+// A filter for one fast single-worker case.
+constexpr const char* kWriteCase = "fault/write/anon4k/.*procs:1/.*threads:1$";
+
+TEST(Cli, BadInputGetsOneLineAndExitCodeTwoAndWritesNothing) {
+  ScratchDir scratch;
+  const std::string out = (scratch.path() / "never-created").string();
+  const std::vector<std::vector<std::string>> bad = {
+      {"run", "--no-such-flag"},
+      {"run", "--suite", "nosuchsuite"},
+      {"run", "--cpu", "4096"},
+      {"run", "--cpu", "0-x"},
+      {"run", "--node", "999"},
+      {"run", "--node", "-1"},
+      {"run", "--counters", "page-faults,no-such-event-xyz"},
+      {"run", "--reserve-hugepages", "3T:1"},
+      {"run", "--filter", "("},
+      {"run", "--filter", "matches-no-benchmark"},
+      {"run", "--benchmark_no_such_flag=1"},
+      {"frobnicate"},
+  };
+  for (std::vector<std::string> args : bad) {
+    args.push_back("--out");
+    args.push_back(out);
+    const Outcome outcome = Faultlab(args, scratch);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_EQ(outcome.exit_code, 2) << joined << "\n" << outcome.err;
+    EXPECT_EQ(std::count(outcome.err.begin(), outcome.err.end(), '\n'), 1)
+        << joined << ": expected one line, got:\n" << outcome.err;
+    EXPECT_FALSE(fs::exists(out)) << joined << " created the output directory";
+  }
+}
+
+TEST(Cli, UnwritableOutputDirectoryIsBadInput) {
+  ScratchDir scratch;
+  const Outcome outcome = Faultlab({"run", "--filter", kWriteCase, "--out", "/proc/faultlab/x"},
+                                   scratch);
+  EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+  EXPECT_NE(outcome.err.find("/proc/faultlab"), std::string::npos) << outcome.err;
+}
+
+// One real run, shared by the tests that read what it wrote.
+class RunOutput : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new ScratchDir();
+    const std::string filter = std::string("fault/(write|read_zeropage)/anon4k/.*procs:1/.*threads:1$");
+    outcome_ = new Outcome(Faultlab({"run", "--quick", "--filter", filter, "--cpu", "0", "--out",
+                                     (scratch_->path() / "out").string()},
+                                    *scratch_));
+    std::ifstream in(scratch_->path() / "out" / "results.json");
+    results_ = new nlohmann::json(nlohmann::json::parse(in, nullptr, false));
+  }
+  static void TearDownTestSuite() {
+    delete results_;
+    delete outcome_;
+    delete scratch_;
+  }
+  static const nlohmann::json* Row(const std::string& name_prefix) {
+    for (const auto& run : (*results_)["benchmarks"]) {
+      if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(name_prefix, 0) == 0) {
+        return &run;
+      }
+    }
+    return nullptr;
+  }
+
+  static ScratchDir* scratch_;
+  static Outcome* outcome_;
+  static nlohmann::json* results_;
+};
+ScratchDir* RunOutput::scratch_ = nullptr;
+Outcome* RunOutput::outcome_ = nullptr;
+nlohmann::json* RunOutput::results_ = nullptr;
+
+TEST_F(RunOutput, WritesJsonCsvAndTopology) {
+  ASSERT_EQ(outcome_->exit_code, 0) << outcome_->err;
+  const fs::path out = scratch_->path() / "out";
+  EXPECT_TRUE(fs::exists(out / "results.json"));
+  EXPECT_TRUE(fs::exists(out / "results.csv"));
+  EXPECT_EQ(Slurp(out / "topology.xml").rfind("<?xml", 0), 0u);
+  for (const auto& entry : fs::directory_iterator(out)) {
+    EXPECT_EQ(entry.path().string().find("partial"), std::string::npos) << entry.path();
+  }
+}
+
+TEST_F(RunOutput, ContextHoldsSchemaEnvironmentTopologyAndCounters) {
+  ASSERT_FALSE(results_->is_discarded());
+  const nlohmann::json& context = (*results_)["context"];
+  EXPECT_EQ(context["schema_version"], 1);
+  const nlohmann::json& faultlab = context["faultlab"];
+  EXPECT_TRUE(faultlab["environment"]["kernel"].contains("release"));
+  EXPECT_TRUE(faultlab["environment"].contains("thp"));
+  EXPECT_GE(faultlab["topology"]["pus"].get<int>(), 1);
+  EXPECT_EQ(faultlab["options"]["cpus"], nlohmann::json::array({0}));
+  // Every requested counter either opened or was dropped with a reason.
+  for (const auto& name : faultlab["counters"]["requested"]) {
+    bool opened = false;
+    for (const auto& o : faultlab["counters"]["opened"]) opened = opened || o == name;
+    bool dropped = false;
+    for (const auto& d : faultlab["counters"]["dropped"]) {
+      if (d["name"] == name) {
+        dropped = true;
+        EXPECT_FALSE(d["reason"].get<std::string>().empty());
+      }
+    }
+    EXPECT_TRUE(opened != dropped) << name;
+  }
+}
+
+TEST_F(RunOutput, NamesAndFiguresFollowTheContract) {
+  const nlohmann::json* write = Row("fault/write/anon4k/region_mib:64/procs:1/");
+  const nlohmann::json* read = Row("fault/read_zeropage/anon4k/region_mib:64/procs:1/");
+  ASSERT_NE(write, nullptr);
+  ASSERT_NE(read, nullptr);
+  for (const nlohmann::json* row : {write, read}) {
+    ASSERT_FALSE(row->value("error_occurred", false)) << row->dump();
+    EXPECT_LE((*row)["p50_ns"].get<double>(), (*row)["p99_ns"].get<double>());
+    EXPECT_LE((*row)["p99_ns"].get<double>(), (*row)["max_ns"].get<double>());
+    EXPECT_GT((*row)["first_round_ns"].get<double>(), 0);
+    EXPECT_GT((*row)["harness_ns"].get<double>(), 0);
+    // Pinned where asked, premise checked.
+    EXPECT_NE((*row)["label"].get<std::string>().find("cpus=0 "), std::string::npos);
+    EXPECT_NE((*row)["label"].get<std::string>().find("premise=verified"), std::string::npos);
+  }
+}
+
+TEST_F(RunOutput, CountersCrossCheckOnePageFaultPerFault) {
+  const nlohmann::json* write = Row("fault/write/anon4k/");
+  ASSERT_NE(write, nullptr);
+  if (!write->contains("page-faults")) GTEST_SKIP() << "page-faults could not be opened here";
+  // N faults touched, about N page-faults counted.
+  EXPECT_GT((*write)["page-faults"].get<double>(), 0.95);
+  EXPECT_LT((*write)["page-faults"].get<double>(), 1.05);
+  EXPECT_LT((*write)["major-faults"].get<double>(), 0.01);
+}
+
+TEST_F(RunOutput, CsvHasARowPerRunAndTheSchemaColumns) {
+  const std::string csv = Slurp(scratch_->path() / "out" / "results.csv");
+  std::istringstream lines(csv);
+  std::string header;
+  std::getline(lines, header);
+  for (const char* column : {"name", "suite", "case", "variant", "region_mib", "procs", "threads",
+                             "run_type", "real_time", "label", "skipped", "p99_ns",
+                             "first_round_ns"}) {
+    EXPECT_NE(("," + header + ",").find(std::string(",") + column + ","), std::string::npos)
+        << column << " missing from " << header;
+  }
+  std::size_t rows = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++rows;
+    EXPECT_EQ(line.rfind("fault/", 0), 0u) << line;
+  }
+  EXPECT_EQ(rows, (*results_)["benchmarks"].size());
+}
+
+TEST(Cli, MissingHugetlbPagesGiveASkippedRowWithTheReason) {
+  if (faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
+    GTEST_SKIP() << *faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M);
+  }
+  if (faultlab::FreeHugetlbPages(faultlab::kPage2M) >= 32) {
+    GTEST_SKIP() << "the 2 MiB pool has free pages here, so nothing is skipped";
+  }
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "out";
+  const Outcome outcome = Faultlab(
+      {"run", "--quick", "--filter", "fault/write/hugetlb2m/.*threads:1$", "--out", out.string()},
+      scratch);
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  const std::string csv = Slurp(out / "results.csv");
+  EXPECT_NE(csv.find("skipped: needs 32 free 2 MiB hugetlb pages"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("--reserve-hugepages"), std::string::npos) << csv;
+}
+
+TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to write /proc/sys/vm/nr_hugepages";
+  if (faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
+    GTEST_SKIP() << *faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M);
+  }
+  const std::string pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+  const long before = ReadLong(pool);
+  ScratchDir scratch;
+  const fs::path journal = scratch.path() / "journal";
+  const fs::path out = scratch.path() / "out";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
+    freopen("/dev/null", "w", stdout);
+    freopen((scratch.path() / "stderr").c_str(), "w", stderr);
+    // The full (not quick) anon4k sweep runs long enough to be killed mid-run.
+    execl(FAULTLAB_BINARY, FAULTLAB_BINARY, "run", "--reserve-hugepages", "2M:8", "--filter",
+          "fault/write/anon4k", "--out", out.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the pool has grown and the benchmarks run, then kill the run.
+  bool reserved = false;
+  for (int i = 0; i < 600 && !reserved; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    reserved = ReadLong(pool) >= before + 8 && fs::exists(journal) &&
+               Slurp(scratch.path() / "stderr").find("reserved") != std::string::npos;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(reserved) << Slurp(scratch.path() / "stderr");
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
+  EXPECT_EQ(ReadLong(pool), before);
+  EXPECT_FALSE(fs::exists(journal));
+  EXPECT_FALSE(fs::exists(out / "results.json")) << "a killed run left results behind";
+}
+
+TEST(Cli, EnvPrintsTheTableAndJson) {
+  ScratchDir scratch;
+  Outcome table = Faultlab({"env"}, scratch);
+  EXPECT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("kernel.release"), std::string::npos);
+  EXPECT_NE(table.out.find("Suites here"), std::string::npos);
+  EXPECT_NE(table.out.find("anon4k"), std::string::npos);
+  Outcome json = Faultlab({"env", "--json"}, scratch);
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  const nlohmann::json env = nlohmann::json::parse(json.out, nullptr, false);
+  ASSERT_FALSE(env.is_discarded());
+  EXPECT_EQ(env["schema_version"], 1);
+}
+
+TEST(Cli, RestoreWithoutJournalSaysSo) {
+  ScratchDir scratch;
+  setenv("FAULTLAB_JOURNAL", (scratch.path() / "none").c_str(), 1);
+  Outcome outcome = Faultlab({"restore"}, scratch);
+  unsetenv("FAULTLAB_JOURNAL");
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.err;
+  EXPECT_NE(outcome.out.find("no restore journal"), std::string::npos) << outcome.out;
+}
+
+}  // namespace
