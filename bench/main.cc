@@ -34,6 +34,7 @@
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
 #include "build_info.h"
+#include "reports/fault_summary.h"
 #include "reports/results_csv.h"
 #include "topology/hugetlb.h"
 #include "topology/system_settings.h"
@@ -170,6 +171,7 @@ bool WriteFileAtomically(const fs::path& path, const std::string& text) {
 }
 
 int Run(const RunArgs& args, const std::vector<std::string>& extras) {
+  const auto run_start = std::chrono::steady_clock::now();
   // --- Validate everything first: nothing is written or changed before this block passes. ---
   for (const std::string& extra : extras) {
     if (extra.rfind("--benchmark_", 0) != 0) return BadInput("unknown option " + extra);
@@ -219,6 +221,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   }
   auto cpus = ResolveRunCpus(*topology, cpu_request, node, &error);
   if (!cpus) return BadInput(error);
+  const std::string tracefs = MountTracefsPrivately();
   std::vector<std::string> counters = args.counters.empty() ? DefaultCounterNames() : args.counters;
   // Only names the user gave are bad input; a default event this machine lacks (a tracepoint with
   // tracefs unmounted) is dropped with its reason like any event that cannot be opened.
@@ -305,6 +308,11 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     dropped.push_back({{"name", d.name}, {"reason", d.reason}});
     std::cerr << "faultlab: counter " << d.name << " dropped: " << d.reason << "\n";
   }
+  nlohmann::json degraded = nlohmann::json::array();
+  for (const DroppedCounter& d : probe.degraded()) {
+    degraded.push_back({{"name", d.name}, {"reason", d.reason}});
+    std::cerr << "faultlab: counter " << d.name << ": " << d.reason << "\n";
+  }
 
   gb_args.push_back("--benchmark_list_tests=false");
   gb_args.push_back("--benchmark_out=" + partial_json.string());
@@ -344,11 +352,20 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
         {"cpus", *cpus},
         {"node", node ? nlohmann::json(*node) : nlohmann::json(nullptr)},
         {"hugepages_reserved", reserved}}},
-      {"counters", {{"requested", counters}, {"opened", probe.names()}, {"dropped", dropped}}},
+      {"counters",
+       {{"requested", counters},
+        {"opened", probe.names()},
+        {"dropped", dropped},
+        {"degraded", degraded},
+        {"tracefs", tracefs}}},
   };
   topology->ExportXml((out_dir / "topology.xml").string());
+  context["faultlab"]["run_seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  const std::string summary = FaultSummary(results);
   const bool ok = WriteFileAtomically(out_dir / "results.json", results.dump(2) + "\n") &&
-                  WriteFileAtomically(out_dir / "results.csv", ResultsCsv(results));
+                  WriteFileAtomically(out_dir / "results.csv", ResultsCsv(results)) &&
+                  WriteFileAtomically(out_dir / "summary.txt", summary);
   if (!ok) {
     std::cerr << "faultlab: cannot write results into " << out_dir << "\n";
     return 1;
@@ -358,7 +375,9 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     fs::remove(out_root / "latest", ec);
     fs::create_directory_symlink(out_dir.filename(), out_root / "latest", ec);
   }
-  std::cerr << "faultlab: wrote " << (out_dir / "results.json").string() << " and results.csv\n";
+  std::cout << "\n" << summary;
+  std::cerr << "faultlab: wrote " << out_dir.string() << "/{results.json,results.csv,summary.txt}"
+            << "\n";
   return 0;
 }
 

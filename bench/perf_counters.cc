@@ -30,6 +30,8 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 namespace faultlab {
@@ -473,6 +475,26 @@ std::vector<double> CounterGroup::Read() const {
     }
   }
   return values;
+}
+
+}  // namespace faultlab
+
+namespace faultlab {
+
+std::string MountTracefsPrivately() {
+  for (const char* root : kTracefsEventRoots) {
+    if (access(root, F_OK) == 0) return std::string("tracefs already mounted (") + root + ")";
+  }
+  if (geteuid() != 0) return "tracefs not mounted and not root: tracepoint counters unavailable";
+  if (unshare(CLONE_NEWNS) != 0) {
+    return std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
+  }
+  // Without MS_PRIVATE the new mount would propagate back to the machine's namespace.
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+      mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0) {
+    return std::string("mounting tracefs privately: ") + std::strerror(errno);
+  }
+  return "tracefs mounted in faultlab's own mount namespace (the machine's mounts are unchanged)";
 }
 
 }  // namespace faultlab

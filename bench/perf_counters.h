@@ -29,6 +29,12 @@ const std::vector<std::string>& DefaultCounterNames();
 std::string CheckCounterNames(const std::vector<std::string>& names);
 
 // An event left out of a group (dropped()) or opened with less than was asked (degraded()).
+// Tracepoints need tracefs, which a machine may not mount. As root this mounts it in a mount
+// namespace of this process alone (unshare + a private tracefs mount), so tracepoint counters work
+// and the machine's mounts stay as they were. Call while the process is single-threaded (before
+// any thread starts). Returns one line saying what it found or did, for the run's context.
+std::string MountTracefsPrivately();
+
 struct DroppedCounter {
   std::string name;
   std::string reason;  // e.g. "perf_event_open: No such file or directory (no such event on this
