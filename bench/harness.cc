@@ -35,7 +35,15 @@ void SpinBarrier::Wait(int parties) {
     generation.fetch_add(1, std::memory_order_release);
     return;
   }
-  while (generation.load(std::memory_order_acquire) == gen) _mm_pause();
+  // Yield now and then: workers are pinned one per CPU, but a test or a sanitizer run may put
+  // more threads than CPUs here, and a pure spin would then wait out whole time slices.
+  for (unsigned spins = 1; generation.load(std::memory_order_acquire) == gen; ++spins) {
+    if (spins % 1024 == 0) {
+      sched_yield();
+    } else {
+      _mm_pause();
+    }
+  }
 }
 
 void CounterTotals::Add(const std::vector<double>& before, const std::vector<double>& after) {

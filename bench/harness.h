@@ -19,8 +19,9 @@ namespace faultlab {
 // checks sched_getcpu agrees. nullopt on success with *cpu set; otherwise why it failed.
 std::optional<std::string> PinWorker(int index, int* cpu);
 
-// A sense-reversing barrier that lives in ordinary or MAP_SHARED memory, so forked workers can
-// meet at it too. Spins with a pause; workers are pinned one per CPU, never oversubscribed.
+// A generation-counting barrier that lives in ordinary or MAP_SHARED memory, so forked workers
+// can meet at it too. It spins (a futex wake-up would add scheduler latency to the start of the
+// measured rounds) and yields now and then in case it shares a CPU.
 struct SpinBarrier {
   std::atomic<int> arrived{0};
   std::atomic<int> generation{0};
