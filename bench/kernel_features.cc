@@ -1,4 +1,5 @@
 #include "bench/kernel_features.h"
+#include "topology/kernel_files.h"
 
 #include <fcntl.h>
 #include <linux/perf_event.h>
@@ -30,26 +31,6 @@
 
 namespace faultlab {
 namespace {
-
-std::optional<std::string> ReadTrimmed(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  std::string text = buffer.str();
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
-
-std::optional<long> ReadLong(const std::string& path) {
-  std::optional<std::string> text = ReadTrimmed(path);
-  if (!text || text->empty()) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  long value = std::strtol(text->c_str(), &end, 10);
-  if (errno != 0 || end == text->c_str()) return std::nullopt;
-  return value;
-}
 
 std::string ErrnoName(int error) {
   // strerrorname_np gives "ENOENT", which is what people search for; glibc 2.32+.
@@ -110,7 +91,7 @@ UffdOpen OpenUserfaultfd() {
     dev_error = absl::StrCat("USERFAULTFD_IOC_NEW: ", ErrnoName(errno));
     close(dev);
   }
-  std::optional<long> unprivileged = ReadLong("/proc/sys/vm/unprivileged_userfaultfd");
+  std::optional<long> unprivileged = ReadKernelLong("/proc/sys/vm/unprivileged_userfaultfd");
   result.error = absl::StrCat(
       "userfaultfd unavailable (syscall: ", syscall_error, "; ", dev_error,
       "; vm.unprivileged_userfaultfd=", unprivileged ? absl::StrCat(*unprivileged) : "?", ")");
@@ -118,7 +99,7 @@ UffdOpen OpenUserfaultfd() {
 }
 
 std::optional<std::string> ProbeThp() {
-  std::optional<std::string> enabled = ReadTrimmed("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::optional<std::string> enabled = ReadKernelFile("/sys/kernel/mm/transparent_hugepage/enabled");
   if (!enabled) return "THP not built in (no /sys/kernel/mm/transparent_hugepage/enabled)";
   if (enabled->find("[never]") != std::string::npos) {
     return "THP disabled (transparent_hugepage/enabled=never)";
@@ -172,7 +153,7 @@ std::optional<std::string> ProbeHardwarePmu() {
 
 std::optional<std::string> ProbePerfKernel() {
   if (geteuid() == 0) return std::nullopt;
-  std::optional<long> paranoid = ReadLong("/proc/sys/kernel/perf_event_paranoid");
+  std::optional<long> paranoid = ReadKernelLong("/proc/sys/kernel/perf_event_paranoid");
   if (paranoid && *paranoid < 2) return std::nullopt;
   return absl::StrCat("perf_event_paranoid=", paranoid ? absl::StrCat(*paranoid) : "?",
                       " and not root: kernel-mode counts need root or "
@@ -197,7 +178,7 @@ int CountNodeList(const std::string& list) {
 }
 
 std::optional<std::string> ProbeNumaMulti() {
-  std::optional<std::string> nodes = ReadTrimmed("/sys/devices/system/node/has_memory");
+  std::optional<std::string> nodes = ReadKernelFile("/sys/devices/system/node/has_memory");
   if (!nodes) return "no NUMA support (no /sys/devices/system/node/has_memory)";
   int count = CountNodeList(*nodes);
   if (count > 1) return std::nullopt;
@@ -247,7 +228,7 @@ std::optional<std::string> WhyUnavailable(Feature feature) {
 }
 
 long FreeHugetlbPages(std::size_t page_size, int node) {
-  std::optional<long> free = ReadLong(HugetlbDir(page_size, node) + "/free_hugepages");
+  std::optional<long> free = ReadKernelLong(HugetlbDir(page_size, node) + "/free_hugepages");
   return free ? *free : -1;
 }
 
@@ -255,12 +236,12 @@ std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, 
   // Never cached: pools are resized by --reserve-hugepages and by other processes mid-run.
   std::string where = node < 0 ? "" : absl::StrCat(" on node ", node);
   std::string dir = HugetlbDir(page_size, node);
-  std::optional<long> free = ReadLong(dir + "/free_hugepages");
+  std::optional<long> free = ReadKernelLong(dir + "/free_hugepages");
   if (!free) {
     return absl::StrCat("no ", SizeName(page_size), " hugetlb pool", where, " (no ", dir, ")");
   }
   if (*free >= count) return std::nullopt;
-  long total = ReadLong(dir + "/nr_hugepages").value_or(*free);
+  long total = ReadKernelLong(dir + "/nr_hugepages").value_or(*free);
   long in_use = total > *free ? total - *free : 0;
   std::string pool =
       total == 0 ? "pool empty" : absl::StrCat("pool of ", total, ", ", in_use, " in use");

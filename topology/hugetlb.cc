@@ -1,5 +1,6 @@
 // Hugetlb pools (read from sysfs, raised through the restore journal) and the arena.
 #include "topology/hugetlb.h"
+#include "topology/kernel_files.h"
 
 #include <dirent.h>
 #include <linux/mman.h>
@@ -36,26 +37,6 @@ std::string PoolDir(std::size_t page_size, int node) {
   std::string leaf = "hugepages-" + std::to_string(page_size / 1024) + "kB";
   if (node < 0) return std::string(kHugepagesDir) + "/" + leaf;
   return "/sys/devices/system/node/node" + std::to_string(node) + "/hugepages/" + leaf;
-}
-
-std::optional<std::string> ReadTrimmed(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const char* space = " \t\r\n";
-  std::size_t begin = text.find_first_not_of(space);
-  if (begin == std::string::npos) return std::string();
-  return text.substr(begin, text.find_last_not_of(space) - begin + 1);
-}
-
-std::optional<long> ReadLong(const std::string& path) {
-  std::optional<std::string> text = ReadTrimmed(path);
-  if (!text || text->empty()) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  long value = std::strtol(text->c_str(), &end, 10);
-  if (errno != 0 || *end != '\0') return std::nullopt;
-  return value;
 }
 
 // "2M", "1G", "64K": the spelling --reserve-hugepages takes and error messages use.
@@ -130,10 +111,10 @@ std::string Trim(const std::string& text) {
 // report reservations, so free is the best figure there is.
 std::optional<long> AvailablePages(std::size_t page_size, int node) {
   std::string dir = PoolDir(page_size, node);
-  std::optional<long> free = ReadLong(dir + "/free_hugepages");
+  std::optional<long> free = ReadKernelLong(dir + "/free_hugepages");
   if (!free) return std::nullopt;
   if (node >= 0) return *free;
-  return *free - ReadLong(dir + "/resv_hugepages").value_or(0);
+  return *free - ReadKernelLong(dir + "/resv_hugepages").value_or(0);
 }
 
 std::mutex g_thp_override_mutex;
@@ -147,7 +128,7 @@ std::string ThpMode() {
     if (!g_thp_override.empty()) return g_thp_override;
   }
   auto selected = [](const std::string& path) -> std::string {
-    std::optional<std::string> text = ReadTrimmed(path);
+    std::optional<std::string> text = ReadKernelFile(path);
     if (!text) return "";
     std::size_t left = text->find('['), right = text->find(']');
     if (left == std::string::npos || right == std::string::npos || right < left) return *text;
@@ -406,14 +387,14 @@ std::vector<HugetlbPool> ReadHugetlbPools() {
   for (std::size_t page_size : HugetlbPageSizes()) {
     for (int node : nodes) {
       std::string dir = PoolDir(page_size, node);
-      std::optional<long> total = ReadLong(dir + "/nr_hugepages");
+      std::optional<long> total = ReadKernelLong(dir + "/nr_hugepages");
       if (!total) continue;  // a node without this pool (memoryless node)
       HugetlbPool pool;
       pool.page_size = page_size;
       pool.node = node;
       pool.total = *total;
-      pool.free = ReadLong(dir + "/free_hugepages").value_or(0);
-      pool.surplus = ReadLong(dir + "/surplus_hugepages").value_or(0);
+      pool.free = ReadKernelLong(dir + "/free_hugepages").value_or(0);
+      pool.surplus = ReadKernelLong(dir + "/surplus_hugepages").value_or(0);
       pools.push_back(pool);
     }
   }
@@ -483,7 +464,7 @@ std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::str
 
 long ReserveHugepages(std::size_t page_size, long count, int node) {
   const std::string dir = PoolDir(page_size, node);
-  std::optional<long> total = ReadLong(dir + "/nr_hugepages");
+  std::optional<long> total = ReadKernelLong(dir + "/nr_hugepages");
   std::optional<long> available = AvailablePages(page_size, node);
   if (!total || !available) {
     throw std::runtime_error("no " + SizeName(page_size) + " hugetlb pool" + OnNode(node) +
@@ -491,7 +472,7 @@ long ReserveHugepages(std::size_t page_size, long count, int node) {
   }
   if (count <= *available) return *available;
   // nr_hugepages reads persistent + surplus pages but sets the persistent count.
-  long persistent = *total - ReadLong(dir + "/surplus_hugepages").value_or(0);
+  long persistent = *total - ReadKernelLong(dir + "/surplus_hugepages").value_or(0);
   SystemSettings::Get().Set(dir + "/nr_hugepages",
                             std::to_string(persistent + (count - *available)));
   return AvailablePages(page_size, node).value_or(0);
