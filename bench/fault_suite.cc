@@ -109,21 +109,14 @@ class Region {
     bytes_ = bytes;
     switch (memory) {
       case Memory::kAnon4K:
-        base_ = MapAnonymous(bytes, 0);
-        if (base_ && madvise(base_, bytes, MADV_NOHUGEPAGE) != 0) return Errno("madvise");
+        if (std::string error = MapFenced(bytes, kPage4K); !error.empty()) return error;
+        if (madvise(base_, bytes, MADV_NOHUGEPAGE) != 0) return Errno("madvise");
         break;
-      case Memory::kThp: {
-        // Over-map and trim so the region starts on a 2 MiB boundary: every fault can be huge.
-        char* raw = static_cast<char*>(MapAnonymous(bytes + kPage2M, 0));
-        if (!raw) return Errno("mmap");
-        const auto addr = reinterpret_cast<uintptr_t>(raw);
-        char* aligned = reinterpret_cast<char*>((addr + kPage2M - 1) & ~(kPage2M - 1));
-        if (aligned > raw) munmap(raw, static_cast<std::size_t>(aligned - raw));
-        munmap(aligned + bytes, static_cast<std::size_t>(raw + kPage2M - aligned));
-        base_ = aligned;
+      case Memory::kThp:
+        // Aligned to 2 MiB so every fault can map a huge page.
+        if (std::string error = MapFenced(bytes, kPage2M); !error.empty()) return error;
         if (madvise(base_, bytes, MADV_HUGEPAGE) != 0) return Errno("madvise(MADV_HUGEPAGE)");
         break;
-      }
       case Memory::kHugetlb2M:
         base_ = MapAnonymous(bytes, MAP_HUGETLB | MAP_HUGE_2MB);
         break;
@@ -149,7 +142,12 @@ class Region {
   }
 
   void Unmap() {
-    if (base_) munmap(base_, bytes_);
+    if (reservation_) {
+      munmap(reservation_, reservation_bytes_);
+    } else if (base_) {
+      munmap(base_, bytes_);
+    }
+    reservation_ = nullptr;
     if (memfd_ >= 0) close(memfd_);
     base_ = nullptr;
     memfd_ = -1;
@@ -159,6 +157,21 @@ class Region {
   std::size_t bytes() const { return bytes_; }
 
  private:
+  // Anonymous memory between PROT_NONE guards, starting on an `align` boundary. Without the
+  // guards the kernel merges the regions of workers mapped side by side into one VMA, and smaps
+  // (the premise check) would describe several workers' memory at once.
+  std::string MapFenced(std::size_t bytes, std::size_t align) {
+    reservation_bytes_ = bytes + 2 * align + kPage4K;
+    void* p = mmap(nullptr, reservation_bytes_, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return Errno("mmap");
+    reservation_ = p;
+    const auto after_guard = reinterpret_cast<uintptr_t>(p) + kPage4K;
+    base_ = reinterpret_cast<void*>((after_guard + align - 1) & ~(align - 1));
+    if (mprotect(base_, bytes, PROT_READ | PROT_WRITE) != 0) return Errno("mprotect");
+    return {};
+  }
+
   static void* MapAnonymous(std::size_t bytes, int extra_flags) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
@@ -170,6 +183,8 @@ class Region {
 
   void* base_ = nullptr;
   std::size_t bytes_ = 0;
+  void* reservation_ = nullptr;  // base_ plus its guards, when fenced
+  std::size_t reservation_bytes_ = 0;
   int memfd_ = -1;
 };
 

@@ -229,6 +229,31 @@ TEST_F(RunOutput, CsvHasARowPerRunAndTheSchemaColumns) {
   EXPECT_EQ(rows, (*results_)["benchmarks"].size());
 }
 
+// Workers in one mm map their regions side by side; each must still be checked on its own
+// (adjacent anonymous mappings merge into one VMA unless kept apart).
+TEST(Cli, TwoWorkersEachPassTheirPremise) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs two CPUs";
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "out";
+  const Outcome outcome = Faultlab({"run", "--quick", "--cpu", "0,1", "--filter",
+                                    "fault/write/anon4k/.*(procs:1/.*threads:2|procs:2/.*threads:1)$",
+                                    "--out", out.string()},
+                                   scratch);
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  std::ifstream in(out / "results.json");
+  const nlohmann::json results = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(results.is_discarded());
+  int rows = 0;
+  for (const auto& run : results["benchmarks"]) {
+    if (run["run_type"] != "iteration") continue;
+    ++rows;
+    EXPECT_FALSE(run.value("error_occurred", false)) << run["name"] << ": " << run.value("error_message", "");
+    EXPECT_EQ(run.value("workers", 0.0), 2.0) << run["name"];
+    EXPECT_NE(run.value("label", "").find("cpus=0,1 "), std::string::npos) << run["label"];
+  }
+  EXPECT_GT(rows, 0);
+}
+
 TEST(Cli, MissingHugetlbPagesGiveASkippedRowWithTheReason) {
   if (faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
     GTEST_SKIP() << *faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M);
