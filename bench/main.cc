@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -30,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "bench/environment.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
@@ -63,20 +65,69 @@ struct RunArgs {
   std::string reserve;
 };
 
-// Prints Google Benchmark's console table and, on stderr, how far the run is.
-class ProgressReporter : public benchmark::ConsoleReporter {
+// The console view: one line per benchmark with the figures a reader looks at first (the mean
+// of the repetitions and their spread, the tail, the first round, the harness share); every
+// counter and repetition is in results.json and results.csv. Progress goes to stderr.
+class CompactReporter : public benchmark::BenchmarkReporter {
  public:
-  explicit ProgressReporter(std::size_t total) : total_(total) {}
+  explicit CompactReporter(std::size_t total) : total_(total) {}
+
+  bool ReportContext(const Context&) override {
+    GetOutputStream() << absl::StrFormat("%-66s %9s %6s %9s %9s %9s %9s %7s\n", "benchmark",
+                                         "mean", "cv", "p50", "p99", "max", "1st round",
+                                         "harness");
+    return true;
+  }
+
   void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    // A benchmark reports its repetitions, then its aggregates: count it once.
-    if (runs.empty() || runs.front().run_type == Run::RT_Aggregate) return;
-    ++done_;
-    std::cerr << "[" << done_ << "/" << total_ << "] " << runs.front().run_name.str() << " ("
-              << total_ - done_ << " left)\n";
+    if (runs.empty()) return;
+    const Run& first = runs.front();
+    const std::string name = DisplayName(first.run_name.str());
+    if (first.run_type != Run::RT_Aggregate) {
+      ++done_;
+      std::cerr << "[" << done_ << "/" << total_ << "] " << name << " (" << total_ - done_
+                << " left)\n";
+      if (first.error_occurred) {
+        GetOutputStream() << absl::StrFormat("%-66s %s\n", name, first.error_message);
+        return;
+      }
+      if (first.repetitions <= 1) PrintRow(name, first, nullptr);
+      return;
+    }
+    const Run* mean = nullptr;
+    const Run* stddev = nullptr;
+    for (const Run& run : runs) {
+      if (run.aggregate_name == "mean") mean = &run;
+      if (run.aggregate_name == "stddev") stddev = &run;
+    }
+    if (mean && !mean->error_occurred) PrintRow(name, *mean, stddev);
   }
 
  private:
+  // The name without what every fault row repeats (iterations, repetitions, manual time).
+  static std::string DisplayName(std::string name) {
+    static const std::regex noise("/(iterations|repeats|rounds):[0-9]+|/manual_time");
+    return std::regex_replace(name, noise, "");
+  }
+
+  static double Counter(const Run& run, const char* name) {
+    auto it = run.counters.find(name);
+    return it == run.counters.end() ? NAN : it->second.value;
+  }
+
+  // The spread is the coefficient of variation of the repetitions' means.
+  void PrintRow(const std::string& name, const Run& run, const Run* stddev) {
+    const std::string spread =
+        stddev ? absl::StrFormat("%5.1f%%", stddev->GetAdjustedRealTime() /
+                                                run.GetAdjustedRealTime() * 100)
+               : std::string("     -");
+    GetOutputStream() << absl::StrFormat(
+        "%-66s %9s %6s %9s %9s %9s %9s %6.1f%%\n", name, FormatNs(run.GetAdjustedRealTime()),
+        spread, FormatNs(Counter(run, "p50_ns")), FormatNs(Counter(run, "p99_ns")),
+        FormatNs(Counter(run, "max_ns")), FormatNs(Counter(run, "first_round_ns")),
+        Counter(run, "harness_ratio") * 100);
+  }
+
   std::size_t total_;
   std::size_t done_ = 0;
 };
@@ -320,8 +371,8 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   BenchmarkArgv argv(gb_args);
   char** raw = argv.Get();
   benchmark::Initialize(&argv.argc, raw);
-  ProgressReporter progress(total);
-  benchmark::RunSpecifiedBenchmarks(&progress);
+  CompactReporter display(total);
+  benchmark::RunSpecifiedBenchmarks(&display);
   benchmark::Shutdown();
   SystemSettings::Get().RestoreAll();
 

@@ -51,13 +51,14 @@ double Number(const nlohmann::json& run, const char* field) {
   return run.contains(field) && run[field].is_number() ? run[field].get<double>() : NAN;
 }
 
-std::string Ns(double ns) {
+}  // namespace
+
+std::string FormatNs(double ns) {
+  if (std::isnan(ns)) return "-";
   if (ns >= 1e6) return absl::StrFormat("%.2f ms", ns / 1e6);
   if (ns >= 1e4) return absl::StrFormat("%.1f us", ns / 1e3);
   return absl::StrFormat("%.0f ns", ns);
 }
-
-}  // namespace
 
 std::string FaultSummary(const nlohmann::json& results) {
   std::map<Key, Figure> figures;
@@ -102,12 +103,12 @@ std::string FaultSummary(const nlohmann::json& results) {
       continue;
     }
     out << absl::StrFormat("%10s  cv %4.1f%%  first round %9s  harness %.1f%%",
-                           Ns(figure.mean_ns), figure.cv * 100, Ns(figure.first_round_ns),
+                           FormatNs(figure.mean_ns), figure.cv * 100, FormatNs(figure.first_round_ns),
                            figure.harness_ratio * 100);
     if (base && &figure != base) {
       out << absl::StrFormat("  %.2fx write/anon4k", figure.mean_ns / base->mean_ns);
       if (figure.ns_per_4k < figure.mean_ns / 2) {  // a huge page: compare per 4 KiB
-        out << absl::StrFormat(" (%s per 4 KiB: %.2fx)", Ns(figure.ns_per_4k),
+        out << absl::StrFormat(" (%s per 4 KiB: %.2fx)", FormatNs(figure.ns_per_4k),
                                figure.ns_per_4k / base->mean_ns);
       }
     }
@@ -126,7 +127,7 @@ std::string FaultSummary(const nlohmann::json& results) {
     const std::string shape = key.procs > 1 ? absl::StrFormat("procs:%d", key.procs)
                                             : absl::StrFormat("threads:%d", key.threads);
     out << absl::StrFormat("  %-28s %-10s %10s (%.2fx)  %.0fk faults/s (%.2fx)\n",
-                           key.case_variant, shape, Ns(figure.mean_ns),
+                           key.case_variant, shape, FormatNs(figure.mean_ns),
                            figure.mean_ns / one->mean_ns, figure.faults_per_sec / 1e3,
                            figure.faults_per_sec / one->faults_per_sec);
   }

@@ -11,6 +11,10 @@
 
 namespace faultlab {
 
+// "1623 ns", "89.3 us", "1.90 ms": a latency at the precision a noisy machine supports; "-" for
+// a figure that is missing (NaN).
+std::string FormatNs(double ns);
+
 // Text lines; empty when the run has no fault suite results.
 std::string FaultSummary(const nlohmann::json& results);
 
