@@ -153,10 +153,14 @@ class ListReporter : public benchmark::ConsoleReporter {
 };
 
 // Google Benchmark parses its flags from an argv; this keeps the strings alive for it.
+// Initialize() keeps argv[0] for good (as the context's executable name), so argv[0] is a static
+// string rather than one of ours: every BenchmarkArgv may go out of scope.
 class BenchmarkArgv {
  public:
   explicit BenchmarkArgv(std::vector<std::string> args) : args_(std::move(args)) {
-    for (std::string& arg : args_) pointers_.push_back(arg.data());
+    static char program[] = "faultlab";
+    pointers_.push_back(program);
+    for (std::size_t i = 1; i < args_.size(); ++i) pointers_.push_back(args_[i].data());
     pointers_.push_back(nullptr);
   }
   int argc = 0;
