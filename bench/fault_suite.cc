@@ -10,7 +10,7 @@
 // fault (platform.md). Round 0 is reported as first_round_ns; further rounds recycle the frames
 // the previous round freed until two consecutive round means agree within 5% (warmup_rounds,
 // warmup_stable), and only then are rounds measured. The time column is the steady-state mean
-// per fault (manual time; iterations = measured faults of one worker).
+// per fault (manual time; see RunFaultCase for how iterations are counted).
 //
 // The harness cost is measured, not assumed: the same stamped loop run over the last round's
 // already-populated pages gives the cost of a stamp and a touch without a fault (harness_ns,
@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <linux/mman.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <signal.h>
 #include <time.h>
@@ -28,8 +29,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <condition_variable>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -110,7 +113,7 @@ class Region {
     switch (memory) {
       case Memory::kAnon4K:
         if (std::string error = MapFenced(bytes, kPage4K); !error.empty()) return error;
-        if (madvise(base_, bytes, MADV_NOHUGEPAGE) != 0) return Errno("madvise");
+        if (std::string error = NoHugePages(); !error.empty()) return error;
         break;
       case Memory::kThp:
         // Aligned to 2 MiB so every fault can map a huge page.
@@ -128,7 +131,11 @@ class Region {
         if (memfd_ < 0) return Errno("memfd_create");
         if (ftruncate(memfd_, static_cast<off_t>(bytes)) != 0) return Errno("ftruncate");
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-        base_ = p == MAP_FAILED ? nullptr : p;
+        if (p == MAP_FAILED) return Errno("mmap");
+        base_ = p;
+        // shmem_enabled=always (or a shmem mTHP size) would map 2 MiB on one touch and leave
+        // the other samples without a fault.
+        if (std::string error = NoHugePages(); !error.empty()) return error;
         break;
       }
     }
@@ -157,6 +164,14 @@ class Region {
   std::size_t bytes() const { return bytes_; }
 
  private:
+  // MADV_NOHUGEPAGE; a kernel without THP refuses it with EINVAL and has no huge pages anyway.
+  std::string NoHugePages() {
+    if (madvise(base_, bytes_, MADV_NOHUGEPAGE) != 0 && errno != EINVAL) {
+      return Errno("madvise(MADV_NOHUGEPAGE)");
+    }
+    return {};
+  }
+
   // Anonymous memory between PROT_NONE guards, starting on an `align` boundary. Without the
   // guards the kernel merges the regions of workers mapped side by side into one VMA, and smaps
   // (the premise check) would describe several workers' memory at once.
@@ -267,11 +282,18 @@ std::string CheckPremise(const Case& c, const Region& region) {
       if (field("Rss") != kb) {
         return "shmem Rss " + std::to_string(field("Rss")) + " kB, expected " + std::to_string(kb);
       }
+      if (field("ShmemPmdMapped") > 0) {
+        return "shmem mapped huge pages (ShmemPmdMapped " + std::to_string(field("ShmemPmdMapped")) +
+               " kB): not one fault per 4 KiB page";
+      }
       break;
   }
+  // The shared zero page belongs to no node (move_pages answers -EFAULT for it).
   const RunOptions& options = CurrentRunOptions();
-  if (options.node) {
-    for (int node : PageNodes(region.base(), region.bytes(), kind.page)) {
+  if (options.node && c.access != Access::kReadZeropage) {
+    const std::vector<int> nodes = PageNodes(region.base(), region.bytes(), kind.page);
+    if (nodes.empty()) return "cannot query the pages' node (move_pages failed)";
+    for (int node : nodes) {
       if (node != *options.node) {
         return "a page landed on node " + std::to_string(node) + ", not the bound node " +
                std::to_string(*options.node);
@@ -279,12 +301,6 @@ std::string CheckPremise(const Case& c, const Region& region) {
     }
   }
   return {};
-}
-
-double MonotonicNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
 }
 
 constexpr int kMaxWarmupRounds = 10;
@@ -310,71 +326,88 @@ WorkerResult MeasureWorker(const Case& c, std::size_t bytes, int rounds, int wor
   const std::size_t count = bytes / kind.page;
   const double ns_per_tick = TscNsPerTick();
   std::vector<uint64_t> ticks(count);  // zero-filled, so already faulted before any timing
+  std::vector<uint64_t> sorted(count);
   CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
   result.counters.names = group.names();
 
-  // One round; returns the mean ns per fault, or a negative value with result.error set.
-  auto round = [&](bool verify, bool measured, bool last) -> double {
+  struct RoundFigures {
+    double mean_ns = 0;
+    double median_ns = 0;
+  };
+  // One round. The premise is checked on the first round and again on the last measured one
+  // (THP, say, can fall back to small pages later); nullopt with result.error set on failure.
+  auto round = [&](bool verify, bool measured, bool last) -> std::optional<RoundFigures> {
     Region region;
     if (std::string error = region.Map(c.memory, bytes); !error.empty()) {
       result.error = error;
-      return -1;
+      return std::nullopt;
     }
     if (c.access == Access::kWriteAfterZeropage) {
-      // Populate with the zero page first; only the writes that replace it are timed.
+      // Populate with the zero page first (the stamps are not used); only the writes that
+      // replace it are timed.
       StampedTouch<false>(region.base(), kind.page, count, ticks.data());
     }
     const std::vector<double> before = measured ? group.Read() : std::vector<double>{};
     Touch(c.access, region.base(), kind.page, count, ticks.data());
     if (measured) result.counters.Add(before, group.Read());
-    double sum = 0;
-    for (uint64_t t : ticks) sum += static_cast<double>(t) * ns_per_tick;
+    RoundFigures figures;
+    for (uint64_t t : ticks) figures.mean_ns += static_cast<double>(t) * ns_per_tick;
+    figures.mean_ns /= static_cast<double>(count);
+    sorted = ticks;
+    std::nth_element(sorted.begin(), sorted.begin() + count / 2, sorted.end());
+    figures.median_ns = static_cast<double>(sorted[count / 2]) * ns_per_tick;
     if (measured) {
       for (uint64_t t : ticks) result.ns.push_back(static_cast<double>(t) * ns_per_tick);
     }
-    if (verify) {
+    if (verify || last) {
       if (std::string error = CheckPremise(c, region); !error.empty()) {
         result.error = error;
-        return -1;
+        return std::nullopt;
       }
     }
     if (last) {
       // The same loop over pages that are now mapped: the stamp and loop cost without a fault.
-      Touch(c.access, region.base(), kind.page, count, ticks.data());
       // The median: an interrupt landing in this loop is noise the fault samples carry too,
       // not a cost of the harness.
+      Touch(c.access, region.base(), kind.page, count, ticks.data());
       std::nth_element(ticks.begin(), ticks.begin() + count / 2, ticks.end());
       result.harness_ns = static_cast<double>(ticks[count / 2]) * ns_per_tick;
     }
-    return sum / static_cast<double>(count);
+    return figures;
   };
 
-  result.first_round_ns = round(/*verify=*/true, false, false);
-  if (result.first_round_ns < 0) return result;
-  double previous = result.first_round_ns;
+  std::optional<RoundFigures> first = round(/*verify=*/true, false, false);
+  if (!first) return result;
+  result.first_round_ns = first->mean_ns;
+  // Stable when two consecutive round medians agree: a median is not moved by the odd
+  // preemption that would move a round's mean by more than the 5% asked for.
+  double previous = first->median_ns;
   for (int r = 0; r < kMaxWarmupRounds; ++r) {
-    const double mean = round(false, false, false);
-    if (mean < 0) return result;
+    std::optional<RoundFigures> warm = round(false, false, false);
+    if (!warm) return result;
     ++result.warmup_rounds;
-    if (std::abs(mean - previous) <= kStableWithin * previous) {
+    if (std::abs(warm->median_ns - previous) <= kStableWithin * previous) {
       result.stable = true;
       break;
     }
-    previous = mean;
+    previous = warm->median_ns;
   }
   // Measured rounds of all workers overlap: that is what the scaling cases measure.
-  measured_start.Arrive();
+  if (!measured_start.Arrive()) {
+    result.error = "another worker never reached the start of the measured rounds";
+    return result;
+  }
   result.ns.reserve(static_cast<std::size_t>(rounds) * count);
   result.start_ns = MonotonicNs();
   for (int r = 0; r < rounds; ++r) {
-    if (round(false, true, r == rounds - 1) < 0) return result;
+    if (!round(false, true, r == rounds - 1)) return result;
   }
   result.end_ns = MonotonicNs();
   return result;
 }
 
 // Results of forked workers travel back through shared memory: fixed-size slots.
-constexpr std::size_t kMaxCounters = 32;
+constexpr std::size_t kMaxCounters = 64;  // the CLI refuses more
 struct ChildSlot {
   double first_round_ns, harness_ns, start_ns, end_ns;
   int warmup_rounds, stable, done;
@@ -413,6 +446,7 @@ std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int
                                         slot_bytes * static_cast<std::size_t>(i));
   };
   std::vector<pid_t> children;
+  const pid_t parent = getpid();
   for (int i = 1; i < procs; ++i) {
     const pid_t pid = fork();
     if (pid < 0) {
@@ -420,15 +454,23 @@ std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int
       break;
     }
     if (pid == 0) {
-      ChildSlot* out = slot(i);
-      int cpu = -1;
+      // A worker must not outlive the run: if the parent dies (killed mid-run), so does it.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
       WorkerResult r;
-      if (auto why = PinWorker(i, &cpu)) {
-        r.error = *why;
-        barrier->Wait(procs);
-      } else {
-        r = MeasureWorker(c, bytes, rounds, procs, barrier);
+      try {
+        int cpu = -1;
+        if (auto why = PinWorker(i, &cpu)) {
+          r.error = *why;
+          barrier->Wait(procs);
+        } else {
+          r = MeasureWorker(c, bytes, rounds, procs, barrier);
+        }
+      } catch (const std::exception& e) {
+        // Never unwind into Google Benchmark's loop in a forked copy of the process.
+        r.error = std::string("worker ") + std::to_string(i) + ": " + e.what();
       }
+      ChildSlot* out = slot(i);
       out->first_round_ns = r.first_round_ns;
       out->harness_ns = r.harness_ns;
       out->start_ns = r.start_ns;
@@ -477,16 +519,34 @@ std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int
   return results;
 }
 
-// Thread workers of one benchmark run hand their results to thread 0 here.
+// The thread workers of one benchmark run meet here. Thread 0 decides once whether the case can
+// run, before any worker maps memory (a worker already faulting its hugetlb region would make a
+// later worker's pool check fail), and collects every worker's result.
 struct ThreadCollector {
   std::mutex mutex;
+  std::condition_variable changed;
+  bool decided = false;
+  std::string skip;
   std::vector<WorkerResult> results;
-  SpinBarrier measured;   // all measured rounds start together
-  SpinBarrier published;  // thread 0 reports once every worker has published
+  SpinBarrier measured;  // all measured rounds start together
 };
 ThreadCollector& Collector() {
   static ThreadCollector collector;
   return collector;
+}
+
+// Why the case cannot run here with `workers` workers; empty if it can.
+std::string WhyCaseCannotRun(const MemoryKind& kind, std::size_t bytes, int workers) {
+  for (Feature feature : kind.needs) {
+    if (auto why = WhyUnavailable(feature)) return *why;
+  }
+  if (kind.memory == Memory::kHugetlb2M || kind.memory == Memory::kHugetlb1G) {
+    const long pages = static_cast<long>(bytes / kind.page) * workers;
+    if (auto why = WhyNoHugetlbPages(kind.page, pages, CurrentRunOptions().node.value_or(-1))) {
+      return *why;
+    }
+  }
+  return {};
 }
 
 void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& results,
@@ -545,64 +605,71 @@ void RunFaultCase(benchmark::State& state, const Case& c) {
   const int threads = state.threads();
   const int workers = std::max(procs, threads);
   const bool reporter = state.thread_index() == 0;
+  ThreadCollector& collector = Collector();
 
   std::string skip;
-  for (Feature feature : kind.needs) {
-    if (auto why = WhyUnavailable(feature)) skip = *why;
-  }
-  if (skip.empty() && (c.memory == Memory::kHugetlb2M || c.memory == Memory::kHugetlb1G)) {
-    const long pages = static_cast<long>(bytes / kind.page) * workers;
-    if (auto why = WhyNoHugetlbPages(kind.page, pages, CurrentRunOptions().node.value_or(-1))) {
-      skip = *why;
-    }
+  if (reporter) {
+    skip = WhyCaseCannotRun(kind, bytes, workers);
+    std::lock_guard<std::mutex> lock(collector.mutex);
+    collector.skip = skip;
+    collector.decided = true;
+    collector.changed.notify_all();
+  } else {
+    std::unique_lock<std::mutex> lock(collector.mutex);
+    collector.changed.wait(lock, [&] { return collector.decided; });
+    skip = collector.skip;
   }
   int cpu = -1;
   if (skip.empty()) {
     if (auto why = PinWorker(state.thread_index(), &cpu)) skip = *why;
   }
 
-  WorkerResult mine;
+  // Manual time is the steady-state fault time of the faults this benchmark counts as its
+  // iterations: for processes, all workers' (registered as faults x procs); for threads, this
+  // thread's, scaled by the thread count because Google Benchmark divides the threads' mean
+  // manual time by the iterations of all threads. Either way the time column is the mean
+  // latency of one fault; throughput is faults_per_sec.
+  double seconds = 0;
   if (procs > 1) {
-    if (reporter && skip.empty()) {
-      std::string error;
-      std::vector<WorkerResult> results = MeasureProcesses(c, bytes, rounds, procs, &error);
-      if (!error.empty()) {
-        Skip(state, error);
-      } else {
-        mine = results.front();
-        Report(state, c, results, workers);
+    std::string error = skip;
+    std::vector<WorkerResult> results;
+    if (error.empty()) results = MeasureProcesses(c, bytes, rounds, procs, &error);
+    if (!error.empty()) {
+      Skip(state, error);
+    } else {
+      Report(state, c, results, workers);
+      for (const WorkerResult& r : results) {
+        for (double ns : r.ns) seconds += ns * 1e-9;
       }
-    } else if (reporter) {
-      Skip(state, skip);
     }
+    std::lock_guard<std::mutex> lock(collector.mutex);
+    collector.decided = false;
   } else {
-    ThreadCollector& collector = Collector();
-    // Every thread takes part in both barriers, even one that skips, so none waits forever.
+    WorkerResult mine;
     if (skip.empty()) {
       mine = MeasureWorker(c, bytes, rounds, threads, &collector.measured);
     } else {
       mine.error = skip;
+      // The others may be waiting for this worker to start measuring: arrive, then leave.
       if (threads > 1) collector.measured.Wait(threads);
     }
-    {
-      std::lock_guard<std::mutex> lock(collector.mutex);
-      collector.results.push_back(mine);
-    }
-    collector.published.Wait(threads);
+    for (double ns : mine.ns) seconds += ns * 1e-9 * threads;
+    std::unique_lock<std::mutex> lock(collector.mutex);
+    collector.results.push_back(std::move(mine));
+    collector.changed.notify_all();
     if (reporter) {
+      // Blocking, not spinning: the other workers may still be measuring on their CPUs.
+      collector.changed.wait(lock, [&] {
+        return collector.results.size() == static_cast<std::size_t>(threads);
+      });
       Report(state, c, collector.results, workers);
       collector.results.clear();
+      collector.decided = false;
     }
   }
-  // Manual time: this worker's steady-state fault time; iterations are its measured faults.
-  // Google Benchmark divides the threads' mean manual time by the iterations of all threads;
-  // scaling by the thread count keeps the time column the mean latency of one fault, as it is
-  // for processes (whose iterations are worker 0's). Throughput is faults_per_sec.
-  double seconds = 0;
-  for (double ns : mine.ns) seconds += ns * 1e-9;
   for (auto _ : state) {
   }
-  if (!mine.ns.empty()) state.SetIterationTime(seconds * threads);
+  if (seconds > 0) state.SetIterationTime(seconds);
 }
 
 // Region per round: enough faults for a p99.9 where the page is small, a bounded footprint where
@@ -641,7 +708,7 @@ void RegisterFaultSuite(const RunOptions& options) {
           ->Args({mib, procs, rounds})
           ->ArgNames({"region_mib", "procs", "rounds"})
           ->Threads(threads)
-          ->Iterations(faults)
+          ->Iterations(faults * procs)  // per thread; for processes, all workers' faults
           ->Repetitions(options.quick ? 3 : 5)
           ->UseManualTime()
           ->Unit(benchmark::kNanosecond);

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "bench/suite.h"
+#include "bench/tsc_clock.h"
 #include "topology/topology.h"
 
 namespace faultlab {
@@ -28,22 +29,29 @@ std::optional<std::string> PinWorker(int index, int* cpu) {
   return std::nullopt;
 }
 
-void SpinBarrier::Wait(int parties) {
+bool SpinBarrier::Wait(int parties) {
   const int gen = generation.load(std::memory_order_acquire);
   if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == parties) {
     arrived.store(0, std::memory_order_relaxed);
     generation.fetch_add(1, std::memory_order_release);
-    return;
+    return !broken.load(std::memory_order_acquire);
   }
+  const double deadline = MonotonicNs() + kTimeoutSeconds * 1e9;
   // Yield now and then: workers are pinned one per CPU, but a test or a sanitizer run may put
   // more threads than CPUs here, and a pure spin would then wait out whole time slices.
   for (unsigned spins = 1; generation.load(std::memory_order_acquire) == gen; ++spins) {
+    if (broken.load(std::memory_order_acquire)) return false;
     if (spins % 1024 == 0) {
+      if (MonotonicNs() > deadline) {
+        broken.store(true, std::memory_order_release);
+        return false;
+      }
       sched_yield();
     } else {
       _mm_pause();
     }
   }
+  return !broken.load(std::memory_order_acquire);
 }
 
 void CounterTotals::Add(const std::vector<double>& before, const std::vector<double>& after) {
@@ -78,14 +86,13 @@ LatencySummary Summarize(std::vector<double>& ns) {
   return s;
 }
 
-void ReportLatency(benchmark::State& state, const LatencySummary& summary,
-                   const std::string& prefix) {
-  state.counters[prefix + "mean_ns"] = summary.mean;
-  state.counters[prefix + "p50_ns"] = summary.p50;
-  state.counters[prefix + "p90_ns"] = summary.p90;
-  state.counters[prefix + "p99_ns"] = summary.p99;
-  state.counters[prefix + "p999_ns"] = summary.p999;
-  state.counters[prefix + "max_ns"] = summary.max;
+void ReportLatency(benchmark::State& state, const LatencySummary& summary) {
+  state.counters["mean_ns"] = summary.mean;
+  state.counters["p50_ns"] = summary.p50;
+  state.counters["p90_ns"] = summary.p90;
+  state.counters["p99_ns"] = summary.p99;
+  state.counters["p999_ns"] = summary.p999;
+  state.counters["max_ns"] = summary.max;
 }
 
 void ReportPerEvent(benchmark::State& state, const CounterTotals& totals, double events) {

@@ -22,10 +22,16 @@ std::optional<std::string> PinWorker(int index, int* cpu);
 // A generation-counting barrier that lives in ordinary or MAP_SHARED memory, so forked workers
 // can meet at it too. It spins (a futex wake-up would add scheduler latency to the start of the
 // measured rounds) and yields now and then in case it shares a CPU.
+//
+// A party that never arrives (it failed without arriving, or died) must not hang the run: after
+// kTimeoutSeconds a waiter breaks the barrier, and every waiter, then and later, returns false.
 struct SpinBarrier {
+  static constexpr double kTimeoutSeconds = 120;
   std::atomic<int> arrived{0};
   std::atomic<int> generation{0};
-  void Wait(int parties);
+  std::atomic<bool> broken{false};
+  // True when all `parties` arrived; false when the barrier was broken.
+  bool Wait(int parties);
 };
 
 // Arrives at a barrier exactly once: at Arrive(), or on leaving scope, so a worker that fails
@@ -36,9 +42,11 @@ class BarrierArrival {
   ~BarrierArrival() { Arrive(); }
   BarrierArrival(const BarrierArrival&) = delete;
   BarrierArrival& operator=(const BarrierArrival&) = delete;
-  void Arrive() {
-    if (barrier_ && parties_ > 1) barrier_->Wait(parties_);
+  // False if the barrier was broken: a worker never came.
+  bool Arrive() {
+    const bool opened = !barrier_ || parties_ <= 1 || barrier_->Wait(parties_);
     barrier_ = nullptr;
+    return opened;
   }
 
  private:
@@ -63,11 +71,10 @@ struct LatencySummary {
 // Sorts `ns` in place.
 LatencySummary Summarize(std::vector<double>& ns);
 
-// Writes the summary as counters "<prefix>mean_ns", "<prefix>p50_ns", ... and each counter total
-// divided by `events` (so "page-faults" reads as page faults per measured fault). Counters are
-// plain values: only one thread of a benchmark reports them.
-void ReportLatency(benchmark::State& state, const LatencySummary& summary,
-                   const std::string& prefix = "");
+// Writes the summary as counters "mean_ns", "p50_ns", ... and each counter total divided by
+// `events` (so "page-faults" reads as page faults per measured fault). Counters are plain values:
+// only one thread of a benchmark reports them.
+void ReportLatency(benchmark::State& state, const LatencySummary& summary);
 void ReportPerEvent(benchmark::State& state, const CounterTotals& totals, double events);
 
 // The message a skipped row carries, prefixed so the CSV's `skipped` column and a reader can tell

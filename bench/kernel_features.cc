@@ -1,4 +1,5 @@
 #include "bench/kernel_features.h"
+#include "topology/hugetlb.h"
 #include "topology/kernel_files.h"
 
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -228,27 +230,23 @@ std::optional<std::string> WhyUnavailable(Feature feature) {
 }
 
 long FreeHugetlbPages(std::size_t page_size, int node) {
-  std::optional<long> free = ReadKernelLong(HugetlbDir(page_size, node) + "/free_hugepages");
-  return free ? *free : -1;
+  return AvailableHugetlbPages(page_size, node).value_or(-1);
 }
 
 std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, int node) {
   // Never cached: pools are resized by --reserve-hugepages and by other processes mid-run.
   std::string where = node < 0 ? "" : absl::StrCat(" on node ", node);
-  std::string dir = HugetlbDir(page_size, node);
-  std::optional<long> free = ReadKernelLong(dir + "/free_hugepages");
-  if (!free) {
-    return absl::StrCat("no ", SizeName(page_size), " hugetlb pool", where, " (no ", dir, ")");
+  std::optional<long> available = AvailableHugetlbPages(page_size, node);
+  if (!available) {
+    return absl::StrCat("no ", SizeName(page_size), " hugetlb pool", where, " (no ",
+                        HugetlbDir(page_size, node), ")");
   }
-  if (*free >= count) return std::nullopt;
-  long total = ReadKernelLong(dir + "/nr_hugepages").value_or(*free);
-  long in_use = total > *free ? total - *free : 0;
-  std::string pool =
-      total == 0 ? "pool empty" : absl::StrCat("pool of ", total, ", ", in_use, " in use");
-  // The flag sets the pool's total, so pages others hold must be added to what this case needs.
-  return absl::StrCat("needs ", count, " free ", SizeName(page_size), " hugetlb pages", where, ", ",
-                      *free, " free (", pool, "): rerun with --reserve-hugepages ",
-                      FlagSizeName(page_size), ":", in_use + count);
+  if (*available >= count) return std::nullopt;
+  // --reserve-hugepages grows the pool until that many pages are free, so it asks for `count`.
+  return absl::StrCat("needs ", count, " free ", SizeName(page_size), " hugetlb pages", where,
+                      ", ", std::max(0l, *available), " free",
+                      *available <= 0 ? " (pool empty or taken)" : "",
+                      ": rerun with --reserve-hugepages ", FlagSizeName(page_size), ":", count);
 }
 
 UffdApi ProbeUffdApi() {

@@ -58,12 +58,4 @@ std::map<std::string, long> SmapsOf(const void* addr) {
   return fields;
 }
 
-std::size_t CountVmas() {
-  std::ifstream maps("/proc/self/maps");
-  std::size_t count = 0;
-  std::string line;
-  while (std::getline(maps, line)) ++count;
-  return count;
-}
-
 }  // namespace faultlab

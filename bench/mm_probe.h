@@ -18,12 +18,6 @@ std::vector<uint64_t> ReadPagemap(const void* addr, std::size_t len);
 
 // Bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
 inline bool PagemapPresent(uint64_t e) { return (e >> 63) & 1; }
-inline bool PagemapSwapped(uint64_t e) { return (e >> 62) & 1; }
-inline bool PagemapFileOrShared(uint64_t e) { return (e >> 61) & 1; }
-inline bool PagemapUffdWp(uint64_t e) { return (e >> 57) & 1; }
-inline bool PagemapExclusive(uint64_t e) { return (e >> 56) & 1; }
-// The PFN reads as 0 without CAP_SYS_ADMIN.
-inline uint64_t PagemapPfn(uint64_t e) { return e & ((1ull << 55) - 1); }
 
 // How many pages of the range are present.
 std::size_t CountPresent(const std::vector<uint64_t>& pagemap);
@@ -31,8 +25,5 @@ std::size_t CountPresent(const std::vector<uint64_t>& pagemap);
 // The smaps fields of the VMA that contains `addr`, in kB ("Rss", "AnonHugePages",
 // "KernelPageSize", "Private_Hugetlb", ...). Empty if no VMA contains it.
 std::map<std::string, long> SmapsOf(const void* addr);
-
-// Number of VMAs in /proc/self/maps.
-std::size_t CountVmas();
 
 }  // namespace faultlab

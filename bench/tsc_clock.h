@@ -18,4 +18,7 @@ inline uint64_t TscNow() { return __rdtsc(); }
 // Nanoseconds per TSC tick, measured once (about 20 ms against CLOCK_MONOTONIC).
 double TscNsPerTick();
 
+// CLOCK_MONOTONIC in nanoseconds: for wall-clock spans outside the per-fault stamps.
+double MonotonicNs();
+
 }  // namespace faultlab

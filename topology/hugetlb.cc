@@ -109,14 +109,6 @@ std::string Trim(const std::string& text) {
 // Free pages a new mapping can take: globally, pages already promised to existing mappings
 // (resv_hugepages) are in free_hugepages but not available. Per node the kernel does not
 // report reservations, so free is the best figure there is.
-std::optional<long> AvailablePages(std::size_t page_size, int node) {
-  std::string dir = PoolDir(page_size, node);
-  std::optional<long> free = ReadKernelLong(dir + "/free_hugepages");
-  if (!free) return std::nullopt;
-  if (node >= 0) return *free;
-  return *free - ReadKernelLong(dir + "/resv_hugepages").value_or(0);
-}
-
 std::mutex g_thp_override_mutex;
 std::string g_thp_override;
 
@@ -221,7 +213,7 @@ std::optional<Mapped> TryHugetlb(const Topology& topology, int node, std::size_t
     return std::nullopt;
   }
   const long pages = static_cast<long>(RoundUp(size, page_size) / page_size);
-  std::optional<long> available = AvailablePages(page_size, node);
+  std::optional<long> available = AvailableHugetlbPages(page_size, node);
   if (!available || *available < pages) {
     long have = available.value_or(0);
     notes->push_back(name + ": " + std::to_string(have) + " free pages" + OnNode(node) +
@@ -401,6 +393,15 @@ std::vector<HugetlbPool> ReadHugetlbPools() {
   return pools;
 }
 
+std::optional<long> AvailableHugetlbPages(std::size_t page_size, int node) {
+  std::string dir = PoolDir(page_size, node);
+  std::optional<long> free = ReadKernelLong(dir + "/free_hugepages");
+  if (!free) return std::nullopt;
+  // Per-node pools have no resv_hugepages: reservations are only accounted globally.
+  if (node >= 0) return *free;
+  return *free - ReadKernelLong(dir + "/resv_hugepages").value_or(0);
+}
+
 std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::string& text,
                                                                   std::string* error) {
   std::string ignored;
@@ -465,7 +466,7 @@ std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::str
 long ReserveHugepages(std::size_t page_size, long count, int node) {
   const std::string dir = PoolDir(page_size, node);
   std::optional<long> total = ReadKernelLong(dir + "/nr_hugepages");
-  std::optional<long> available = AvailablePages(page_size, node);
+  std::optional<long> available = AvailableHugetlbPages(page_size, node);
   if (!total || !available) {
     throw std::runtime_error("no " + SizeName(page_size) + " hugetlb pool" + OnNode(node) +
                              " (" + dir + " is missing)");
@@ -475,7 +476,7 @@ long ReserveHugepages(std::size_t page_size, long count, int node) {
   long persistent = *total - ReadKernelLong(dir + "/surplus_hugepages").value_or(0);
   SystemSettings::Get().Set(dir + "/nr_hugepages",
                             std::to_string(persistent + (count - *available)));
-  return AvailablePages(page_size, node).value_or(0);
+  return AvailableHugetlbPages(page_size, node).value_or(0);
 }
 
 const char* BackingName(Backing backing) {

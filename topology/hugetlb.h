@@ -28,6 +28,11 @@ struct HugetlbPool {
 // Every pool per size, globally and per node.
 std::vector<HugetlbPool> ReadHugetlbPools();
 
+// Pages of `page_size` a new mapping can still take (on `node`, or from the global pool when
+// node < 0): free pages less those already promised to mappings (resv_hugepages). nullopt when
+// there is no such pool.
+std::optional<long> AvailableHugetlbPages(std::size_t page_size, int node);
+
 struct HugepageRequest {
   std::size_t page_size = kPage2M;
   long count = 0;
