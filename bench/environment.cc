@@ -1,4 +1,5 @@
 #include "bench/environment.h"
+#include "topology/kernel_files.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -117,14 +118,10 @@ json LongOrNull(const std::string& path) {
   return value ? json(*value) : json(nullptr);
 }
 
-// "always [madvise] never" -> "madvise": sysfs marks the active choice with brackets.
+// "always [madvise] never" -> "madvise", or null when the file cannot be read.
 json SelectedOrNull(const std::string& path) {
   std::optional<std::string> text = ReadTrimmed(path);
-  if (!text) return nullptr;
-  std::size_t open = text->find('[');
-  std::size_t close = text->find(']', open);
-  if (open == std::string::npos || close == std::string::npos) return *text;
-  return text->substr(open + 1, close - open - 1);
+  return text ? json(SelectedChoice(*text)) : json(nullptr);
 }
 
 bool PathExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }

@@ -101,11 +101,9 @@ UffdOpen OpenUserfaultfd() {
 }
 
 std::optional<std::string> ProbeThp() {
-  std::optional<std::string> enabled = ReadKernelFile("/sys/kernel/mm/transparent_hugepage/enabled");
-  if (!enabled) return "THP not built in (no /sys/kernel/mm/transparent_hugepage/enabled)";
-  if (enabled->find("[never]") != std::string::npos) {
-    return "THP disabled (transparent_hugepage/enabled=never)";
-  }
+  const std::string mode = ThpMode();
+  if (mode.empty()) return "THP not built in (no /sys/kernel/mm/transparent_hugepage/enabled)";
+  if (mode == "never") return "THP disabled for 2 MiB pages (transparent_hugepage enabled=never)";
   return std::nullopt;
 }
 

@@ -106,29 +106,18 @@ std::string Trim(const std::string& text) {
   return text.substr(begin, text.find_last_not_of(" \t") - begin + 1);
 }
 
-// Free pages a new mapping can take: globally, pages already promised to existing mappings
-// (resv_hugepages) are in free_hugepages but not available. Per node the kernel does not
-// report reservations, so free is the best figure there is.
 std::mutex g_thp_override_mutex;
 std::string g_thp_override;
 
-// The THP mode for PMD-sized (2 MiB) pages: the per-size control if this kernel has one and it
-// does not say "inherit", else the global one. Empty if THP is not built in.
-std::string ThpMode() {
+std::string CurrentThpMode() {
   {
     std::lock_guard<std::mutex> lock(g_thp_override_mutex);
     if (!g_thp_override.empty()) return g_thp_override;
   }
-  auto selected = [](const std::string& path) -> std::string {
-    std::optional<std::string> text = ReadKernelFile(path);
-    if (!text) return "";
-    std::size_t left = text->find('['), right = text->find(']');
-    if (left == std::string::npos || right == std::string::npos || right < left) return *text;
-    return text->substr(left + 1, right - left - 1);
-  };
-  std::string per_size = selected(std::string(kThpDir) + "/hugepages-2048kB/enabled");
+  std::string per_size =
+      ReadKernelChoice(std::string(kThpDir) + "/hugepages-2048kB/enabled").value_or("");
   if (!per_size.empty() && per_size != "inherit") return per_size;
-  return selected(std::string(kThpDir) + "/enabled");
+  return ReadKernelChoice(std::string(kThpDir) + "/enabled").value_or("");
 }
 
 // AnonHugePages of the VMA that starts at `addr`, in bytes; -1 if smaps has no such VMA.
@@ -251,7 +240,7 @@ std::optional<Mapped> TryHugetlb(const Topology& topology, int node, std::size_t
 
 std::optional<Mapped> TryThp(const Topology& topology, int node, std::size_t size,
                              std::vector<std::string>* notes) {
-  const std::string mode = ThpMode();
+  const std::string mode = CurrentThpMode();
   if (mode.empty()) {
     notes->push_back("THP: not available (no " + std::string(kThpDir) + ")");
     return std::nullopt;
@@ -392,6 +381,8 @@ std::vector<HugetlbPool> ReadHugetlbPools() {
   }
   return pools;
 }
+
+std::string ThpMode() { return CurrentThpMode(); }
 
 std::optional<long> AvailableHugetlbPages(std::size_t page_size, int node) {
   std::string dir = PoolDir(page_size, node);

@@ -15,6 +15,11 @@ inline constexpr std::size_t kPage4K = 4096;
 inline constexpr std::size_t kPage2M = 2ul << 20;
 inline constexpr std::size_t kPage1G = 1ul << 30;
 
+// The THP mode for PMD-sized (2 MiB) anonymous pages: the per-size control
+// (hugepages-2048kB/enabled) unless it says "inherit", else the global one; "always", "madvise"
+// or "never", and empty when THP is not built in.
+std::string ThpMode();
+
 // The hugetlb page sizes this kernel supports (from /sys/kernel/mm/hugepages).
 std::vector<std::size_t> HugetlbPageSizes();
 

@@ -23,4 +23,17 @@ std::optional<long> ReadKernelLong(const std::string& path) {
   return value;
 }
 
+std::string SelectedChoice(const std::string& text) {
+  const std::size_t open = text.find('[');
+  const std::size_t close = text.find(']', open);
+  if (open == std::string::npos || close == std::string::npos) return text;
+  return text.substr(open + 1, close - open - 1);
+}
+
+std::optional<std::string> ReadKernelChoice(const std::string& path) {
+  std::optional<std::string> text = ReadKernelFile(path);
+  if (!text) return std::nullopt;
+  return SelectedChoice(*text);
+}
+
 }  // namespace faultlab

@@ -8,6 +8,7 @@
 // moment (on this thread or another) restores either nothing or a value that is still correct:
 // writing an old value back before the new one was written changes nothing.
 #include "topology/system_settings.h"
+#include "topology/kernel_files.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -187,16 +188,6 @@ int WriteSettingFile(const std::string& path, const std::string& value) {
   }
   if (close(fd) != 0) return errno;
   return 0;
-}
-
-// Files such as transparent_hugepage/enabled read "always [madvise] never" but take "madvise":
-// the bracketed word is the value, and the only form that can be written back.
-std::string SelectedValue(const std::string& trimmed) {
-  std::size_t open_bracket = trimmed.find('[');
-  std::size_t close_bracket = trimmed.find(']', open_bracket);
-  if (open_bracket != std::string::npos && close_bracket != std::string::npos)
-    return trimmed.substr(open_bracket + 1, close_bracket - open_bracket - 1);
-  return trimmed;
 }
 
 bool JournalSafe(const std::string& text) {
@@ -418,7 +409,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
     if (int err = ReadSmallFile(path, &current)) {
       throw std::runtime_error("cannot write " + path + ": " + ErrnoText(err));
     }
-    std::string old_value = SelectedValue(Trim(current));
+    std::string old_value = SelectedChoice(Trim(current));
     if (!JournalSafe(old_value) || old_value.size() >= kMaxValue) {
       throw std::runtime_error("cannot write " + path +
                                ": its current value spans lines or is too long to journal");
@@ -441,7 +432,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
         if (int err = ReadSmallFile(path, &current)) {
           throw std::runtime_error("cannot write " + path + ": " + ErrnoText(err));
         }
-        old_value = SelectedValue(Trim(current));
+        old_value = SelectedChoice(Trim(current));
       }
       std::optional<unsigned long long> start = ProcessStartTime(getpid());
       if (!start) throw std::runtime_error("cannot read /proc/self/stat for the restore journal");
@@ -484,7 +475,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
   if (int err = ReadSmallFile(path, &read_back)) {
     throw std::runtime_error("cannot read back " + path + ": " + ErrnoText(err));
   }
-  return SelectedValue(Trim(read_back));
+  return SelectedChoice(Trim(read_back));
 }
 
 void SystemSettings::RestoreAll() {
