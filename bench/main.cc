@@ -8,19 +8,27 @@
 // `run` validates every input before it writes or changes anything; bad input gets one line on
 // stderr and exit code 2. It then runs the selected suites through Google Benchmark, pinned and
 // counted, and writes DIR/results.json (Google Benchmark's JSON with the environment, topology and
-// counter status in its context) and DIR/results.csv, each renamed into place only when complete.
+// counter status in its context), DIR/results.csv, DIR/summary.txt and DIR/topology.xml. DIR is
+// created only when the run has finished, and each file is renamed into place only when complete.
 
+#include <limits.h>
 #include <regex.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -48,6 +56,12 @@ namespace faultlab {
 namespace {
 
 constexpr int kBadInput = 2;
+
+// Forked workers pass their counter totals back through fixed slots of this many (fault_suite.cc).
+constexpr std::size_t kMaxCounters = 64;
+
+// RestoreStaleJournal's message when there is no journal: the one message not worth printing.
+constexpr const char* kNoJournalMessage = "no restore journal";
 
 int BadInput(const std::string& message) {
   std::cerr << "faultlab: " << message << "\n";
@@ -188,55 +202,252 @@ std::string Timestamp() {
   return text;
 }
 
-// Creates `dir` (and parents) and proves it writable. Returns an error message, or empty.
-// `created` lists the directories this made, so a failed run can remove them again.
-std::string PrepareOutDir(const fs::path& dir, std::vector<fs::path>* created) {
+// Google Benchmark flags that change something in a faultlab run. The others are faultlab's to set
+// (iterations, repetitions, output, the console view) or have a faultlab option instead. Values
+// are checked here because Google Benchmark answers a bad one with its usage text and exit code 0.
+// Returns why `arg` is refused, or empty.
+std::string CheckBenchmarkFlag(const std::string& arg) {
+  const std::size_t eq = arg.find('=');
+  const std::string flag = arg.substr(0, eq);
+  const std::optional<std::string> value =
+      eq == std::string::npos ? std::nullopt : std::optional<std::string>(arg.substr(eq + 1));
+  if (flag == "--benchmark_enable_random_interleaving" ||
+      flag == "--benchmark_report_aggregates_only" ||
+      flag == "--benchmark_display_aggregates_only") {
+    if (!value || *value == "true" || *value == "false" || *value == "1" || *value == "0") return {};
+    return flag + " takes true or false, not '" + *value + "'";
+  }
+  if (flag == "--benchmark_context") {
+    bool ok = value && !value->empty();
+    for (std::size_t begin = 0; ok && begin <= value->size();) {
+      std::size_t end = value->find(',', begin);
+      if (end == std::string::npos) end = value->size();
+      const std::string pair = value->substr(begin, end - begin);
+      const std::size_t sep = pair.find('=');
+      ok = sep != std::string::npos && sep > 0 && pair.find('=', sep + 1) == std::string::npos;
+      begin = end + 1;
+    }
+    if (ok) return {};
+    return flag + " takes KEY=VALUE[,KEY=VALUE...], not '" + value.value_or("") + "'";
+  }
+  if (flag == "--v") {
+    int level = -1;
+    if (value && absl::SimpleAtoi(*value, &level) && level >= 0) return {};
+    return "--v takes a verbosity level (a number), not '" + value.value_or("") + "'";
+  }
+  if (flag == "--benchmark_filter") return flag + " is faultlab's to set: use --filter REGEX";
+  if (flag == "--benchmark_out" || flag == "--benchmark_out_format") {
+    return flag + " is faultlab's to set: use --out DIR (results.json and results.csv)";
+  }
+  if (flag == "--benchmark_min_time" || flag == "--benchmark_min_warmup_time" ||
+      flag == "--benchmark_repetitions") {
+    return flag + " has no effect in faultlab: iterations and repetitions are set per benchmark";
+  }
+  if (flag == "--benchmark_format" || flag == "--benchmark_color" ||
+      flag == "--benchmark_counters_tabular" || flag == "--benchmark_time_unit") {
+    return flag + " has no effect in faultlab: it prints its own console view, and every figure "
+                  "is in results.json and results.csv";
+  }
+  if (flag == "--benchmark_perf_counters") {
+    return flag + " has no effect in faultlab: use --counters LIST";
+  }
+  if (flag == "--benchmark_list_tests") {
+    return flag + " has no effect in faultlab: a run prints each benchmark's name as it goes";
+  }
+  return arg.rfind("-", 0) == 0 ? "unknown option " + arg : "unexpected argument '" + arg + "'";
+}
+
+// Proves that `dir` could be created, or written if it exists, without creating it: the nearest
+// existing ancestor (or `dir` itself) must be a directory this process can add entries to. Only
+// making and removing a probe directory there tells for sure: access() says yes to root on /proc.
+// Returns why not, or empty.
+std::string CheckOutDir(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path absolute = fs::absolute(dir, ec);
+  if (ec) return "output directory " + dir.string() + ": " + ec.message();
+  for (fs::path p = absolute;; p = p.parent_path()) {
+    const fs::file_status status = fs::status(p, ec);
+    if (status.type() == fs::file_type::not_found && p != p.parent_path()) continue;
+    if (ec) {
+      return "cannot use output directory " + dir.string() + ": " +
+             (p == absolute ? "" : p.string() + ": ") + ec.message();
+    }
+    if (!fs::is_directory(status)) {
+      return "cannot use output directory " + dir.string() + ": " + p.string() +
+             " is not a directory";
+    }
+    std::string probe = (p / ".faultlab-probe-XXXXXX").string();
+    if (mkdtemp(probe.data()) == nullptr) {
+      return "cannot use output directory " + dir.string() + ": cannot write in " + p.string() +
+             ": " + std::strerror(errno);
+    }
+    rmdir(probe.c_str());
+    return {};
+  }
+}
+
+// Creates `dir` and its missing parents. `created` gets each directory this made, parents first,
+// so a failed run can remove them again. Returns an error message, or empty.
+std::string CreateOutDir(const fs::path& dir, std::vector<fs::path>* created) {
   std::vector<fs::path> missing;
-  for (fs::path p = dir; !p.empty() && !fs::exists(p); p = p.parent_path()) {
+  std::error_code ec;
+  for (fs::path p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
     missing.push_back(p);
     if (p == p.parent_path()) break;
   }
   for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-    std::error_code ec;
-    if (!fs::create_directory(*it, ec) || ec) {
-      for (auto& made : *created) fs::remove(made, ec);
-      created->clear();
-      return "cannot create output directory " + it->string() + ": " +
-             (ec ? ec.message() : "failed");
-    }
-    created->insert(created->begin(), *it);
-  }
-  if (!fs::is_directory(dir)) return "output path " + dir.string() + " is not a directory";
-  if (access(dir.c_str(), W_OK | X_OK) != 0) {
-    return "output directory " + dir.string() + " is not writable";
+    const bool made = fs::create_directory(*it, ec);
+    if (ec) return "cannot create output directory " + it->string() + ": " + ec.message();
+    if (made) created->push_back(*it);
   }
   return {};
 }
 
-bool WriteFileAtomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".partial";
+// Writes a temporary file next to `path` and renames it over `path`: a reader sees the old file
+// or the whole new one. Returns why it failed, or empty.
+std::string WriteFileAtomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp =
+      path.parent_path() / ("." + path.filename().string() + ".partial." + std::to_string(getpid()));
+  std::error_code ec;
   {
+    errno = 0;
     std::ofstream out(tmp);
     out << text;
-    if (!out.flush()) return false;
+    out.close();
+    if (out.fail()) ec.assign(errno ? errno : EIO, std::generic_category());
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  return !ec;
+  if (!ec) fs::rename(tmp, path, ec);
+  if (!ec) return {};
+  std::error_code ignored;
+  fs::remove(tmp, ignored);
+  return "cannot write " + path.string() + ": " + ec.message();
+}
+
+std::string Slurp(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Google Benchmark writes its JSON into a private directory, so that nothing appears in the
+// output directory until the run is complete. The directory goes on every return from Run and,
+// through this handler, on SIGINT/SIGTERM. Run installs the handler before SystemSettings installs
+// its own, which restores the machine's settings first and then calls this one.
+char g_scratch_dir[PATH_MAX];
+char g_scratch_files[2][PATH_MAX];  // every file Run puts in it
+std::atomic<pid_t> g_scratch_owner{0};
+static_assert(std::atomic<pid_t>::is_always_lock_free, "the signal handler reads it");
+
+// Async-signal-safe calls only.
+extern "C" void RemoveScratchAndDie(int sig) {
+  // A forked worker has the parent's handler but not its files.
+  if (g_scratch_owner.load() == getpid()) {
+    for (const char* file : g_scratch_files) unlink(file);
+    rmdir(g_scratch_dir);
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  // Pending until the handler returns; the exit status then still names the signal.
+  raise(sig);
+}
+
+void InstallScratchCleanup() {
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction current {};
+    sigaction(sig, nullptr, &current);
+    if (!(current.sa_flags & SA_SIGINFO) && current.sa_handler == SIG_IGN) continue;
+    struct sigaction ours {};
+    ours.sa_handler = RemoveScratchAndDie;
+    sigemptyset(&ours.sa_mask);
+    sigaction(sig, &ours, nullptr);
+  }
+}
+
+class ScratchDir {
+ public:
+  // path() is empty if the directory could not be made; errno says why.
+  ScratchDir() {
+    const char* tmpdir = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/faultlab-XXXXXX";
+    if (tmpl.size() + 16 >= PATH_MAX) {  // the handler's copies must hold every path
+      errno = ENAMETOOLONG;
+      return;
+    }
+    if (mkdtemp(tmpl.data()) == nullptr) return;
+    path_ = tmpl;
+    std::snprintf(g_scratch_dir, sizeof g_scratch_dir, "%s", tmpl.c_str());
+    std::snprintf(g_scratch_files[0], PATH_MAX, "%s", Json().c_str());
+    std::snprintf(g_scratch_files[1], PATH_MAX, "%s", Xml().c_str());
+    g_scratch_owner.store(getpid());
+  }
+  ~ScratchDir() {
+    g_scratch_owner.store(0);
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const fs::path& path() const { return path_; }
+  fs::path Json() const { return path_ / "results.json"; }
+  fs::path Xml() const { return path_ / "topology.xml"; }
+
+ private:
+  fs::path path_;
+};
+
+// Holds SIGINT/SIGTERM back while the finished results are put in place, so a signal leaves no
+// output directory or a complete one; a signal that came meanwhile acts when this goes.
+class DeferTerminatingSignals {
+ public:
+  DeferTerminatingSignals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  ~DeferTerminatingSignals() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  DeferTerminatingSignals(const DeferTerminatingSignals&) = delete;
+  DeferTerminatingSignals& operator=(const DeferTerminatingSignals&) = delete;
+
+ private:
+  sigset_t old_;
+};
+
+// The default output directory: reports/out/<timestamp>, or <timestamp>-2, -3... when a run in
+// the same second took that name. create_directory claims a name atomically against such a run.
+std::string ClaimTimestampDir(const fs::path& root, const std::string& stamp, fs::path* dir) {
+  for (int n = 1; n <= 100; ++n) {
+    const fs::path candidate = root / (n == 1 ? stamp : stamp + "-" + std::to_string(n));
+    std::error_code ec;
+    if (fs::create_directory(candidate, ec)) {
+      *dir = candidate;
+      return {};
+    }
+    if (ec) return "cannot create output directory " + candidate.string() + ": " + ec.message();
+  }
+  return "cannot create output directory " + (root / stamp).string() + ": 100 runs took the name";
 }
 
 int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   const auto run_start = std::chrono::steady_clock::now();
+  // Before anything can call SystemSettings::Get(), so that its handler calls this one (see above).
+  InstallScratchCleanup();
   // --- Validate everything first: nothing is written or changed before this block passes. ---
   for (const std::string& extra : extras) {
-    if (extra.rfind("--benchmark_", 0) != 0) return BadInput("unknown option " + extra);
-    if (extra.rfind("--benchmark_out", 0) == 0) {
-      return BadInput(extra + " is faultlab's to set: use --out DIR");
-    }
+    if (std::string why = CheckBenchmarkFlag(extra); !why.empty()) return BadInput(why);
   }
-  std::vector<std::string> suites = args.suites;
-  if (suites.empty()) {
-    for (const Suite& suite : Suites()) suites.push_back(suite.name);
+  // Each suite once, in the order given: a suite named twice would run every benchmark twice.
+  std::vector<std::string> suites;
+  std::vector<std::string> asked = args.suites;
+  if (asked.empty()) {
+    for (const Suite& suite : Suites()) asked.push_back(suite.name);
+  }
+  for (const std::string& name : asked) {
+    if (std::find(suites.begin(), suites.end(), name) == suites.end()) suites.push_back(name);
   }
   for (const std::string& name : suites) {
     if (!FindSuite(name)) {
@@ -276,6 +487,10 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   }
   auto cpus = ResolveRunCpus(*topology, cpu_request, node, &error);
   if (!cpus) return BadInput(error);
+  if (args.counters.size() > kMaxCounters) {
+    return BadInput("--counters: " + std::to_string(args.counters.size()) + " events, at most " +
+                    std::to_string(kMaxCounters));
+  }
   const std::string tracefs = MountTracefsPrivately();
   std::vector<std::string> counters = args.counters.empty() ? DefaultCounterNames() : args.counters;
   // Only names the user gave are bad input; a default event this machine lacks (a tracepoint with
@@ -291,8 +506,10 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   }
   const bool default_out = args.out.empty();
   const fs::path out_root = fs::path(build_info::kSourceDir) / "reports" / "out";
-  const fs::path out_dir = default_out ? out_root / Timestamp() : fs::path(args.out);
-  const fs::path partial_json = out_dir / ".results.json.partial";
+  const std::string stamp = Timestamp();  // the run's start names its default directory
+  if (std::string why = CheckOutDir(default_out ? out_root : fs::path(args.out)); !why.empty()) {
+    return BadInput(why);
+  }
 
   std::vector<std::string> gb_args = {"faultlab"};
   gb_args.insert(gb_args.end(), extras.begin(), extras.end());
@@ -307,15 +524,21 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   SetCurrentRunOptions(options);
   for (const std::string& name : suites) FindSuite(name)->register_benchmarks(options);
 
-  // Count the benchmarks the filter selects (and reject a filter that selects none, or a
-  // Google Benchmark flag it does not know) before anything is written.
+  // Count the benchmarks the filter selects (and reject a filter that selects none) before
+  // anything is written.
   std::size_t total = 0;
   {
-    std::vector<std::string> list_args = gb_args;
+    // Without --benchmark_context: Google Benchmark adds its pairs on every Initialize, and
+    // complains about each pair the second time.
+    std::vector<std::string> list_args;
+    for (const std::string& arg : gb_args) {
+      if (arg.rfind("--benchmark_context", 0) != 0) list_args.push_back(arg);
+    }
     list_args.push_back("--benchmark_list_tests=true");
     BenchmarkArgv argv(list_args);
     char** raw = argv.Get();
     benchmark::Initialize(&argv.argc, raw);
+    // CheckBenchmarkFlag passed only flags Google Benchmark knows; this guards that list.
     if (benchmark::ReportUnrecognizedArguments(argv.argc, raw)) return kBadInput;
     ListReporter lister;
     total = benchmark::RunSpecifiedBenchmarks(&lister);
@@ -329,12 +552,18 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     }
   }
 
-  std::vector<fs::path> created;
-  if (std::string why = PrepareOutDir(out_dir, &created); !why.empty()) return BadInput(why);
+  ScratchDir scratch;
+  if (scratch.path().empty()) {
+    std::cerr << "faultlab: cannot make a temporary directory: " << std::strerror(errno) << "\n";
+    return 1;
+  }
 
   // --- Changes to the machine, each journalled and restored on exit or signal. ---
-  if (std::string message; !RestoreStaleJournal(&message).empty()) {
-    std::cerr << "faultlab: " << message << "\n";
+  {
+    std::string message;
+    RestoreStaleJournal(&message);
+    // Anything but "no journal" is worth saying: what was restored, or why a journal was left.
+    if (message != kNoJournalMessage) std::cerr << "faultlab: " << message << "\n";
   }
   nlohmann::json reserved = nlohmann::json::array();
   for (const HugepageRequest& request : reservations) {
@@ -349,7 +578,6 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     } catch (const std::exception& e) {
       std::cerr << "faultlab: --reserve-hugepages: " << e.what() << "\n";
       SystemSettings::Get().RestoreAll();
-      for (auto& made : created) fs::remove_all(made);
       return 1;
     }
   }
@@ -357,20 +585,27 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   nlohmann::json environment = CaptureEnvironment();
   const std::vector<std::string> warnings = DistortionWarnings(environment);
   for (const std::string& warning : warnings) std::cerr << "***WARNING*** " << warning << "\n";
-  CounterGroup probe(counters);
+  // Which counters open here, for the context. Like the workers' groups it does not inherit, and
+  // it is closed before the run: an open inheriting group would follow every benchmark thread and
+  // forked worker.
+  std::vector<std::string> opened;
   nlohmann::json dropped = nlohmann::json::array();
-  for (const DroppedCounter& d : probe.dropped()) {
-    dropped.push_back({{"name", d.name}, {"reason", d.reason}});
-    std::cerr << "faultlab: counter " << d.name << " dropped: " << d.reason << "\n";
-  }
   nlohmann::json degraded = nlohmann::json::array();
-  for (const DroppedCounter& d : probe.degraded()) {
-    degraded.push_back({{"name", d.name}, {"reason", d.reason}});
-    std::cerr << "faultlab: counter " << d.name << ": " << d.reason << "\n";
+  {
+    CounterGroup probe(counters, /*inherit=*/false);
+    opened = probe.names();
+    for (const DroppedCounter& d : probe.dropped()) {
+      dropped.push_back({{"name", d.name}, {"reason", d.reason}});
+      std::cerr << "faultlab: counter " << d.name << " dropped: " << d.reason << "\n";
+    }
+    for (const DroppedCounter& d : probe.degraded()) {
+      degraded.push_back({{"name", d.name}, {"reason", d.reason}});
+      std::cerr << "faultlab: counter " << d.name << ": " << d.reason << "\n";
+    }
   }
 
   gb_args.push_back("--benchmark_list_tests=false");
-  gb_args.push_back("--benchmark_out=" + partial_json.string());
+  gb_args.push_back("--benchmark_out=" + scratch.Json().string());
   gb_args.push_back("--benchmark_out_format=json");
   BenchmarkArgv argv(gb_args);
   char** raw = argv.Get();
@@ -381,15 +616,9 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   SystemSettings::Get().RestoreAll();
 
   // --- Finish the report: the environment goes into the context, then JSON and CSV. ---
-  nlohmann::json results;
-  {
-    std::ifstream in(partial_json);
-    std::stringstream text;
-    text << in.rdbuf();
-    results = nlohmann::json::parse(JsonWithoutNonFinite(text.str()), nullptr,
-                                    /*allow_exceptions=*/false);
-  }
-  fs::remove(partial_json);
+  DeferTerminatingSignals defer;
+  nlohmann::json results = nlohmann::json::parse(JsonWithoutNonFinite(Slurp(scratch.Json())),
+                                                 nullptr, /*allow_exceptions=*/false);
   if (results.is_discarded()) {
     std::cerr << "faultlab: Google Benchmark wrote no readable JSON\n";
     return 1;
@@ -409,20 +638,45 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
         {"hugepages_reserved", reserved}}},
       {"counters",
        {{"requested", counters},
-        {"opened", probe.names()},
+        {"opened", opened},
         {"dropped", dropped},
         {"degraded", degraded},
         {"tracefs", tracefs}}},
   };
-  topology->ExportXml((out_dir / "topology.xml").string());
   context["faultlab"]["run_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const std::string summary = FaultSummary(results);
-  const bool ok = WriteFileAtomically(out_dir / "results.json", results.dump(2) + "\n") &&
-                  WriteFileAtomically(out_dir / "results.csv", ResultsCsv(results)) &&
-                  WriteFileAtomically(out_dir / "summary.txt", summary);
-  if (!ok) {
-    std::cerr << "faultlab: cannot write results into " << out_dir << "\n";
+  std::vector<std::pair<std::string, std::string>> files = {
+      {"results.json", results.dump(2) + "\n"},
+      {"results.csv", ResultsCsv(results)},
+      {"summary.txt", summary},
+  };
+  // The topology is a record of the machine, not a result: a run is not failed for want of it.
+  if (topology->ExportXml(scratch.Xml().string())) {
+    files.push_back({"topology.xml", Slurp(scratch.Xml())});
+  } else {
+    std::cerr << "faultlab: topology.xml not written: hwloc: " << std::strerror(errno) << "\n";
+  }
+
+  // Only now does the output directory appear, and each file in it only when complete.
+  std::vector<fs::path> created;
+  fs::path out_dir = args.out;
+  std::string why = CreateOutDir(default_out ? out_root : out_dir, &created);
+  if (why.empty() && default_out) {
+    why = ClaimTimestampDir(out_root, stamp, &out_dir);
+    if (why.empty()) created.push_back(out_dir);
+  }
+  std::vector<fs::path> written;
+  for (const auto& [name, text] : files) {
+    if (!why.empty()) break;
+    why = WriteFileAtomically(out_dir / name, text);
+    if (why.empty()) written.push_back(out_dir / name);
+  }
+  if (!why.empty()) {
+    std::error_code ec;
+    for (const fs::path& file : written) fs::remove(file, ec);
+    for (auto it = created.rbegin(); it != created.rend(); ++it) fs::remove(*it, ec);
+    std::cerr << "faultlab: " << why << "\n";
     return 1;
   }
   if (default_out) {
@@ -431,8 +685,9 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     fs::create_directory_symlink(out_dir.filename(), out_root / "latest", ec);
   }
   std::cout << "\n" << summary;
-  std::cerr << "faultlab: wrote " << out_dir.string() << "/{results.json,results.csv,summary.txt}"
-            << "\n";
+  std::cerr << "faultlab: wrote " << out_dir.string() << "/{";
+  for (std::size_t i = 0; i < files.size(); ++i) std::cerr << (i ? "," : "") << files[i].first;
+  std::cerr << "}\n";
   return 0;
 }
 
@@ -452,11 +707,15 @@ int Env(bool json) {
   return 0;
 }
 
+// Exit code 1 while a journal remains (damaged, unreadable, owned by a running faultlab, or with
+// a setting that could not be written back): the machine may still be changed.
 int Restore() {
   std::string message;
   RestoreStaleJournal(&message);
-  std::cout << "faultlab: " << message << "\n";
-  return 0;
+  std::error_code ec;
+  const bool remains = fs::exists(RestoreJournalPath(), ec) || ec;
+  (remains ? std::cerr : std::cout) << "faultlab: " << message << "\n";
+  return remains ? 1 : 0;
 }
 
 }  // namespace

@@ -1,15 +1,19 @@
 // The faultlab program as a user drives it: bad input, the files a run writes and what they
-// hold, pinning, skipped rows, and hugetlb pools restored when a run is killed.
+// hold, pinning, skipped rows, hugetlb pools restored and nothing left when a run is killed, and
+// the restore command.
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -66,6 +70,33 @@ Outcome Faultlab(const std::vector<std::string>& args, const ScratchDir& scratch
   return outcome;
 }
 
+// The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.
+std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+// The pids of processes whose command line contains `needle`.
+std::vector<int> ProcessesWith(const std::string& needle) {
+  std::vector<int> pids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
+    // Arguments are NUL-separated; a needle without NULs matches within one argument.
+    if (Slurp(entry.path() / "cmdline").find(needle) != std::string::npos) {
+      pids.push_back(std::stoi(name));
+    }
+  }
+  return pids;
+}
+
 long ReadLong(const std::string& path) {
   std::ifstream in(path);
   long value = -1;
@@ -91,6 +122,12 @@ TEST(Cli, BadInputGetsOneLineAndExitCodeTwoAndWritesNothing) {
       {"run", "--filter", "("},
       {"run", "--filter", "matches-no-benchmark"},
       {"run", "--benchmark_no_such_flag=1"},
+      // Google Benchmark would print its usage and exit 0 for this one.
+      {"run", "--benchmark_format=xml"},
+      {"run", "--benchmark_repetitions=abc"},
+      {"run", "--benchmark_min_time=1"},
+      {"run", "--benchmark_enable_random_interleaving=maybe"},
+      {"run", "--benchmark_context=no-equals-sign"},
       {"frobnicate"},
   };
   for (std::vector<std::string> args : bad) {
@@ -114,13 +151,39 @@ TEST(Cli, UnwritableOutputDirectoryIsBadInput) {
   EXPECT_NE(outcome.err.find("/proc/faultlab"), std::string::npos) << outcome.err;
 }
 
-// One real run, shared by the tests that read what it wrote.
+TEST(Cli, OutputPathUnderAFileIsBadInput) {
+  ScratchDir scratch;
+  std::ofstream(scratch.path() / "file") << "x";
+  const Outcome outcome = Faultlab(
+      {"run", "--filter", kWriteCase, "--out", (scratch.path() / "file" / "out").string()},
+      scratch);
+  EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+  EXPECT_EQ(std::count(outcome.err.begin(), outcome.err.end(), '\n'), 1) << outcome.err;
+  EXPECT_NE(outcome.err.find("is not a directory"), std::string::npos) << outcome.err;
+}
+
+TEST(Cli, TooManyCountersIsBadInput) {
+  ScratchDir scratch;
+  std::string counters = "page-faults";
+  for (int i = 1; i < 65; ++i) counters += ",page-faults";
+  const Outcome outcome = Faultlab({"run", "--counters", counters, "--filter", kWriteCase,
+                                    "--out", (scratch.path() / "out").string()},
+                                   scratch);
+  EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+  EXPECT_EQ(std::count(outcome.err.begin(), outcome.err.end(), '\n'), 1) << outcome.err;
+  EXPECT_FALSE(fs::exists(scratch.path() / "out"));
+}
+
+// One real run, shared by the tests that read what it wrote. It names its suite twice, which
+// must run each benchmark once. Pinned to the first CPU this process may use.
 class RunOutput : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     scratch_ = new ScratchDir();
+    cpu_ = AllowedCpus().empty() ? 0 : AllowedCpus().front();
     const std::string filter = std::string("fault/(write|read_zeropage)/anon4k/.*procs:1/.*threads:1$");
-    outcome_ = new Outcome(Faultlab({"run", "--quick", "--filter", filter, "--cpu", "0", "--out",
+    outcome_ = new Outcome(Faultlab({"run", "--quick", "--suite", "fault,fault", "--filter",
+                                     filter, "--cpu", std::to_string(cpu_), "--out",
                                      (scratch_->path() / "out").string()},
                                     *scratch_));
     std::ifstream in(scratch_->path() / "out" / "results.json");
@@ -141,10 +204,12 @@ class RunOutput : public testing::Test {
   }
 
   static ScratchDir* scratch_;
+  static int cpu_;
   static Outcome* outcome_;
   static nlohmann::json* results_;
 };
 ScratchDir* RunOutput::scratch_ = nullptr;
+int RunOutput::cpu_ = 0;
 Outcome* RunOutput::outcome_ = nullptr;
 nlohmann::json* RunOutput::results_ = nullptr;
 
@@ -167,7 +232,8 @@ TEST_F(RunOutput, ContextHoldsSchemaEnvironmentTopologyAndCounters) {
   EXPECT_TRUE(faultlab["environment"]["kernel"].contains("release"));
   EXPECT_TRUE(faultlab["environment"].contains("thp"));
   EXPECT_GE(faultlab["topology"]["pus"].get<int>(), 1);
-  EXPECT_EQ(faultlab["options"]["cpus"], nlohmann::json::array({0}));
+  EXPECT_EQ(faultlab["options"]["cpus"], nlohmann::json::array({cpu_}));
+  EXPECT_EQ(faultlab["options"]["suites"], nlohmann::json::array({"fault"}));
   // Every requested counter either opened or was dropped with a reason.
   for (const auto& name : faultlab["counters"]["requested"]) {
     bool opened = false;
@@ -195,7 +261,9 @@ TEST_F(RunOutput, NamesAndFiguresFollowTheContract) {
     EXPECT_GT((*row)["first_round_ns"].get<double>(), 0);
     EXPECT_GT((*row)["harness_ns"].get<double>(), 0);
     // Pinned where asked, premise checked.
-    EXPECT_NE((*row)["label"].get<std::string>().find("cpus=0 "), std::string::npos);
+    EXPECT_NE((*row)["label"].get<std::string>().find("cpus=" + std::to_string(cpu_) + " "),
+              std::string::npos)
+        << (*row)["label"];
     EXPECT_NE((*row)["label"].get<std::string>().find("premise=verified"), std::string::npos);
   }
 }
@@ -208,6 +276,18 @@ TEST_F(RunOutput, CountersCrossCheckOnePageFaultPerFault) {
   EXPECT_GT((*write)["page-faults"].get<double>(), 0.95);
   EXPECT_LT((*write)["page-faults"].get<double>(), 1.05);
   EXPECT_LT((*write)["major-faults"].get<double>(), 0.01);
+}
+
+// `--suite fault,fault` ran each benchmark once: each repetition of each is one iteration row.
+TEST_F(RunOutput, ASuiteNamedTwiceRunsOnce) {
+  ASSERT_FALSE(results_->is_discarded());
+  std::map<std::pair<std::string, int>, int> seen;
+  for (const auto& run : (*results_)["benchmarks"]) {
+    if (run["run_type"] != "iteration") continue;
+    ++seen[{run["name"].get<std::string>(), run.value("repetition_index", 0)}];
+  }
+  EXPECT_FALSE(seen.empty());
+  for (const auto& [key, count] : seen) EXPECT_EQ(count, 1) << key.first << " #" << key.second;
 }
 
 TEST_F(RunOutput, CsvHasARowPerRunAndTheSchemaColumns) {
@@ -232,10 +312,14 @@ TEST_F(RunOutput, CsvHasARowPerRunAndTheSchemaColumns) {
 // Workers in one mm map their regions side by side; each must still be checked on its own
 // (adjacent anonymous mappings merge into one VMA unless kept apart).
 TEST(Cli, TwoWorkersEachPassTheirPremise) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs two CPUs";
+  const std::vector<int> allowed = AllowedCpus();
+  if (allowed.size() < 2) {
+    GTEST_SKIP() << "needs two CPUs in this process's affinity mask, has " << allowed.size();
+  }
+  const std::string cpus = std::to_string(allowed[0]) + "," + std::to_string(allowed[1]);
   ScratchDir scratch;
   const fs::path out = scratch.path() / "out";
-  const Outcome outcome = Faultlab({"run", "--quick", "--cpu", "0,1", "--filter",
+  const Outcome outcome = Faultlab({"run", "--quick", "--cpu", cpus, "--filter",
                                     "fault/write/anon4k/.*(procs:1/.*threads:2|procs:2/.*threads:1)$",
                                     "--out", out.string()},
                                    scratch);
@@ -249,7 +333,8 @@ TEST(Cli, TwoWorkersEachPassTheirPremise) {
     ++rows;
     EXPECT_FALSE(run.value("error_occurred", false)) << run["name"] << ": " << run.value("error_message", "");
     EXPECT_EQ(run.value("workers", 0.0), 2.0) << run["name"];
-    EXPECT_NE(run.value("label", "").find("cpus=0,1 "), std::string::npos) << run["label"];
+    EXPECT_NE(run.value("label", "").find("cpus=" + cpus + " "), std::string::npos)
+        << run["label"];
   }
   EXPECT_GT(rows, 0);
 }
@@ -272,6 +357,7 @@ TEST(Cli, MissingHugetlbPagesGiveASkippedRowWithTheReason) {
   EXPECT_NE(csv.find("--reserve-hugepages"), std::string::npos) << csv;
 }
 
+// A killed run restores the pools, and leaves no output directory and no worker behind.
 TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to write /proc/sys/vm/nr_hugepages";
   if (faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
@@ -282,23 +368,28 @@ TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
   ScratchDir scratch;
   const fs::path journal = scratch.path() / "journal";
   const fs::path out = scratch.path() / "out";
+  // The full (not quick) sweep runs long enough to be killed mid-run. With two CPUs each of its
+  // benchmarks forks a worker, which must die with the run.
+  const bool forks = AllowedCpus().size() >= 2;
+  const char* filter = forks ? "fault/write/anon4k/.*procs:2/" : "fault/write/anon4k";
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
     freopen("/dev/null", "w", stdout);
     freopen((scratch.path() / "stderr").c_str(), "w", stderr);
-    // The full (not quick) anon4k sweep runs long enough to be killed mid-run.
     execl(FAULTLAB_BINARY, FAULTLAB_BINARY, "run", "--reserve-hugepages", "2M:8", "--filter",
-          "fault/write/anon4k", "--out", out.c_str(), static_cast<char*>(nullptr));
+          filter, "--out", out.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  // Wait until the pool has grown and the benchmarks run, then kill the run.
+  // Wait until the pool has grown and the benchmarks run (a forked worker names --out in its
+  // command line, as the run does), then kill the run.
   bool reserved = false;
   for (int i = 0; i < 600 && !reserved; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     reserved = ReadLong(pool) >= before + 8 && fs::exists(journal) &&
-               Slurp(scratch.path() / "stderr").find("reserved") != std::string::npos;
+               Slurp(scratch.path() / "stderr").find("reserved") != std::string::npos &&
+               (!forks || ProcessesWith(out.string()).size() >= 2);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kill(pid, SIGTERM);
@@ -308,7 +399,17 @@ TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
   EXPECT_EQ(ReadLong(pool), before);
   EXPECT_FALSE(fs::exists(journal));
-  EXPECT_FALSE(fs::exists(out / "results.json")) << "a killed run left results behind";
+  EXPECT_FALSE(fs::exists(out)) << "a killed run left its output directory behind";
+  // Forked workers die with the run: after a grace period no process names the run's --out.
+  std::vector<int> survivors;
+  for (int i = 0; i < 20; ++i) {
+    survivors = ProcessesWith(out.string());
+    if (survivors.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::string pids;
+  for (int survivor : survivors) pids += " " + std::to_string(survivor);
+  EXPECT_TRUE(survivors.empty()) << "processes of the killed run survive:" << pids;
 }
 
 TEST(Cli, EnvPrintsTheTableAndJson) {
@@ -323,6 +424,18 @@ TEST(Cli, EnvPrintsTheTableAndJson) {
   const nlohmann::json env = nlohmann::json::parse(json.out, nullptr, false);
   ASSERT_FALSE(env.is_discarded());
   EXPECT_EQ(env["schema_version"], 1);
+}
+
+TEST(Cli, RestoreFailsAndKeepsADamagedJournal) {
+  ScratchDir scratch;
+  const fs::path journal = scratch.path() / "journal";
+  std::ofstream(journal) << "not a faultlab journal\n";
+  setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
+  Outcome outcome = Faultlab({"restore"}, scratch);
+  unsetenv("FAULTLAB_JOURNAL");
+  EXPECT_EQ(outcome.exit_code, 1) << outcome.out << outcome.err;
+  EXPECT_NE(outcome.err.find("damaged"), std::string::npos) << outcome.err;
+  EXPECT_TRUE(fs::exists(journal));
 }
 
 TEST(Cli, RestoreWithoutJournalSaysSo) {
