@@ -398,25 +398,6 @@ class ScratchDir {
   fs::path path_;
 };
 
-// Holds SIGINT/SIGTERM back while the finished results are put in place, so a signal leaves no
-// output directory or a complete one; a signal that came meanwhile acts when this goes.
-class DeferTerminatingSignals {
- public:
-  DeferTerminatingSignals() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, &old_);
-  }
-  ~DeferTerminatingSignals() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
-  DeferTerminatingSignals(const DeferTerminatingSignals&) = delete;
-  DeferTerminatingSignals& operator=(const DeferTerminatingSignals&) = delete;
-
- private:
-  sigset_t old_;
-};
-
 // The default output directory: reports/out/<timestamp>, or <timestamp>-2, -3... when a run in
 // the same second took that name. create_directory claims a name atomically against such a run.
 std::string ClaimTimestampDir(const fs::path& root, const std::string& stamp, fs::path* dir) {
@@ -616,7 +597,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   SystemSettings::Get().RestoreAll();
 
   // --- Finish the report: the environment goes into the context, then JSON and CSV. ---
-  DeferTerminatingSignals defer;
+  BlockTerminatingSignals defer;
   nlohmann::json results = nlohmann::json::parse(JsonWithoutNonFinite(Slurp(scratch.Json())),
                                                  nullptr, /*allow_exceptions=*/false);
   if (results.is_discarded()) {

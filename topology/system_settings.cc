@@ -120,25 +120,6 @@ void InstallSignalHandlers() {
   }
 }
 
-// Blocks SIGINT/SIGTERM on this thread for a scope, so our own handler never sees a half-made
-// update from the thread that is making it.
-class BlockTerminatingSignals {
- public:
-  BlockTerminatingSignals() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, &old_);
-  }
-  ~BlockTerminatingSignals() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
-  BlockTerminatingSignals(const BlockTerminatingSignals&) = delete;
-  BlockTerminatingSignals& operator=(const BlockTerminatingSignals&) = delete;
-
- private:
-  sigset_t old_;
-};
-
 std::string ErrnoText(int err) { return std::strerror(err); }
 
 std::string Trim(const std::string& text) {
@@ -565,6 +546,18 @@ std::vector<JournalEntry> RestoreStaleJournal(std::string* message) {
   }
   *message = summary;
   return restored;
+}
+
+BlockTerminatingSignals::BlockTerminatingSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, &old_);
+}
+
+BlockTerminatingSignals::~BlockTerminatingSignals() {
+  pthread_sigmask(SIG_SETMASK, &old_, nullptr);
 }
 
 }  // namespace faultlab

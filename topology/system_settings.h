@@ -7,6 +7,8 @@
 // journal whose owner is gone. A run also replays a stale journal before it starts.
 #pragma once
 
+#include <signal.h>
+
 #include <string>
 #include <vector>
 
@@ -53,6 +55,20 @@ class SystemSettings {
 
  private:
   SystemSettings();
+};
+
+// Holds SIGINT/SIGTERM back on this thread for a scope; one that arrives meanwhile acts when the
+// scope ends. Around journal updates it keeps the restore handler from seeing a half-made change;
+// around the final renames of a run it leaves either no output or a complete one.
+class BlockTerminatingSignals {
+ public:
+  BlockTerminatingSignals();
+  ~BlockTerminatingSignals();
+  BlockTerminatingSignals(const BlockTerminatingSignals&) = delete;
+  BlockTerminatingSignals& operator=(const BlockTerminatingSignals&) = delete;
+
+ private:
+  sigset_t old_;
 };
 
 // Replays a journal left by a process that is gone (its pid is gone, is a zombie, or now names a
