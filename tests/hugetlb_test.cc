@@ -8,7 +8,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,13 +52,9 @@ bool Has1G() {
 class HugetlbTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    // ctest -j runs each case as its own process, in parallel: one case's reservation would
-    // break another's "empty pool" precondition and "as found" check. A lock file serialises
-    // the cases of this fixture across processes (tests elsewhere that touch the pools would
-    // need the same lock, or a CTest RESOURCE_LOCK).
-    lock_fd_ = open("/tmp/faultlab-hugetlb-pools.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    ASSERT_GE(lock_fd_, 0);
-    ASSERT_EQ(flock(lock_fd_, LOCK_EX), 0);
+    // ctest -j runs each case as its own process; one case's reservation would break another's
+    // "as found" check. tests/CMakeLists.txt gives every test that resizes pools the CTest
+    // RESOURCE_LOCK hugetlb_pools, so they run one at a time.
     char pattern[] = "/tmp/faultlab-hugetlb-test.XXXXXX";
     ASSERT_NE(mkdtemp(pattern), nullptr);
     dir_ = pattern;
@@ -80,10 +75,8 @@ class HugetlbTest : public ::testing::Test {
     EXPECT_FALSE(std::filesystem::exists(journal_));
     unsetenv("FAULTLAB_JOURNAL");
     std::filesystem::remove_all(dir_);
-    if (lock_fd_ >= 0) close(lock_fd_);  // releases the flock
   }
 
-  int lock_fd_ = -1;
   std::string dir_, journal_;
   long nr_2m_ = -1, nr_1g_ = -1, proc_nr_ = -1;
 };

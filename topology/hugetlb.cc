@@ -1,5 +1,6 @@
 // Hugetlb pools (read from sysfs, raised through the restore journal) and the arena.
 #include "topology/hugetlb.h"
+#include "absl/strings/ascii.h"
 #include "topology/kernel_files.h"
 
 #include <dirent.h>
@@ -100,11 +101,6 @@ bool ParsePageSize(const std::string& text, std::size_t* bytes) {
   return true;
 }
 
-std::string Trim(const std::string& text) {
-  std::size_t begin = text.find_first_not_of(" \t");
-  if (begin == std::string::npos) return "";
-  return text.substr(begin, text.find_last_not_of(" \t") - begin + 1);
-}
 
 std::mutex g_thp_override_mutex;
 std::string g_thp_override;
@@ -397,7 +393,7 @@ std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::str
                                                                   std::string* error) {
   std::string ignored;
   if (error == nullptr) error = &ignored;
-  if (Trim(text).empty()) {
+  if (absl::StripAsciiWhitespace(text).empty()) {
     *error = "empty hugepage request: expected N or SIZE:N, e.g. 64 or 2M:64,1G:1";
     return std::nullopt;
   }
@@ -407,7 +403,8 @@ std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::str
   while (true) {
     std::size_t comma = text.find(',', begin);
     const std::string token =
-        Trim(text.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
+        std::string(absl::StripAsciiWhitespace(text.substr(
+            begin, comma == std::string::npos ? std::string::npos : comma - begin)));
     if (token.empty()) {
       *error = "empty entry in hugepage request \"" + text + "\"";
       return std::nullopt;
@@ -416,8 +413,8 @@ std::optional<std::vector<HugepageRequest>> ParseHugepageRequests(const std::str
     std::string count_text = token;
     std::size_t colon = token.find(':');
     if (colon != std::string::npos) {
-      const std::string size_text = Trim(token.substr(0, colon));
-      count_text = Trim(token.substr(colon + 1));
+      const std::string size_text(absl::StripAsciiWhitespace(token.substr(0, colon)));
+      count_text = std::string(absl::StripAsciiWhitespace(token.substr(colon + 1)));
       if (!ParsePageSize(size_text, &request.page_size)) {
         *error = "bad hugepage size \"" + size_text + "\" in \"" + token +
                  "\": expected e.g. 2M, 2048k or 1G";

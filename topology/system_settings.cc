@@ -8,6 +8,7 @@
 // moment (on this thread or another) restores either nothing or a value that is still correct:
 // writing an old value back before the new one was written changes nothing.
 #include "topology/system_settings.h"
+#include "absl/strings/ascii.h"
 #include "topology/kernel_files.h"
 
 #include <fcntl.h>
@@ -122,13 +123,7 @@ void InstallSignalHandlers() {
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
-std::string Trim(const std::string& text) {
-  const char* space = " \t\r\n";
-  std::size_t begin = text.find_first_not_of(space);
-  if (begin == std::string::npos) return "";
-  std::size_t end = text.find_last_not_of(space);
-  return text.substr(begin, end - begin + 1);
-}
+
 
 // Reads a whole (small) file; errno-style error code on failure, 0 on success.
 int ReadSmallFile(const std::string& path, std::string* out) {
@@ -151,21 +146,28 @@ int ReadSmallFile(const std::string& path, std::string* out) {
   return 0;
 }
 
+// Writes all of `text` to `fd`, retrying short writes and EINTR; 0 or the errno.
+int WriteAll(int fd, const std::string& text) {
+  std::size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
 // One write(2) of the whole value: sysfs and procfs take a value in a single write, and
 // O_TRUNC makes a regular file (the tests' stand-in) hold just the new value.
 int WriteSettingFile(const std::string& path, const std::string& value) {
   int fd = open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (fd < 0) return errno;
-  std::size_t done = 0;
-  while (done < value.size()) {
-    ssize_t n = write(fd, value.data() + done, value.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      close(fd);
-      return err;
-    }
-    done += static_cast<std::size_t>(n);
+  if (int err = WriteAll(fd, value)) {
+    close(fd);
+    return err;
   }
   if (close(fd) != 0) return errno;
   return 0;
@@ -265,17 +267,10 @@ int WriteFileAtomically(const std::string& path, const std::string& tmp_path,
   if (int err = MakeParentDirs(path)) return err;
   int fd = open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return errno;
-  std::size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = write(fd, text.data() + done, text.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      close(fd);
-      unlink(tmp_path.c_str());
-      return err;
-    }
-    done += static_cast<std::size_t>(n);
+  if (int err = WriteAll(fd, text)) {
+    close(fd);
+    unlink(tmp_path.c_str());
+    return err;
   }
   if (fsync(fd) != 0 || close(fd) != 0) {
     int err = errno;
@@ -390,7 +385,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
     if (int err = ReadSmallFile(path, &current)) {
       throw std::runtime_error("cannot write " + path + ": " + ErrnoText(err));
     }
-    std::string old_value = SelectedChoice(Trim(current));
+    std::string old_value = SelectedChoice(std::string(absl::StripAsciiWhitespace(current)));
     if (!JournalSafe(old_value) || old_value.size() >= kMaxValue) {
       throw std::runtime_error("cannot write " + path +
                                ": its current value spans lines or is too long to journal");
@@ -413,7 +408,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
         if (int err = ReadSmallFile(path, &current)) {
           throw std::runtime_error("cannot write " + path + ": " + ErrnoText(err));
         }
-        old_value = SelectedChoice(Trim(current));
+        old_value = SelectedChoice(std::string(absl::StripAsciiWhitespace(current)));
       }
       std::optional<unsigned long long> start = ProcessStartTime(getpid());
       if (!start) throw std::runtime_error("cannot read /proc/self/stat for the restore journal");
@@ -456,7 +451,7 @@ std::string SystemSettings::Set(const std::string& path, const std::string& valu
   if (int err = ReadSmallFile(path, &read_back)) {
     throw std::runtime_error("cannot read back " + path + ": " + ErrnoText(err));
   }
-  return SelectedChoice(Trim(read_back));
+  return SelectedChoice(std::string(absl::StripAsciiWhitespace(read_back)));
 }
 
 void SystemSettings::RestoreAll() {
