@@ -344,9 +344,10 @@ struct AddressSpaceImpl {
   // The PTE of `address` in a table this address space may modify: allocates missing levels and
   // breaks a shared table. nullptr when out of frames.
   static Pte* WritablePte(Self& mm, Cpu& cpu, std::uint64_t address) {
-    bool oom = false;
-    Pte* pmd_entry = PmdEntry(mm, &cpu, address, &oom);
-    if (!pmd_entry) return nullptr;
+    Pte* pmd_entry = PmdEntry(mm, &cpu, address);
+    return pmd_entry ? WritablePteUnder(mm, cpu, pmd_entry, address) : nullptr;
+  }
+  static Pte* WritablePteUnder(Self& mm, Cpu& cpu, Pte* pmd_entry, std::uint64_t address) {
     for (;;) {
       const Pte pmd = LoadEntry(pmd_entry);
       if (pmd == 0) {
@@ -538,14 +539,14 @@ struct AddressSpaceImpl {
       event->kind = UffdEvent::Kind::kMinor;
       return Attempt::kEvent;
     }
-    return InstallCached(mm, vma, entry, orig, pfn, access == Access::kWrite,
+    return InstallCached(mm, cpu, vma, entry, orig, pfn, access == Access::kWrite,
                          IsUffdWpMarker(orig))
                ? Attempt::kOk
                : Attempt::kRetry;
   }
 
   // Maps a page-cache frame at `entry` if it still holds `orig`.
-  static bool InstallCached(Self& mm, const Vma& vma, Pte* entry, Pte orig, Pfn pfn, bool write,
+  static bool InstallCached(Self& mm, Cpu& cpu, const Vma& vma, Pte* entry, Pte orig, Pfn pfn, bool write,
                             bool wp) {
     Machine& machine = mm.machine_;
     if (!machine.TryGetFrame(pfn)) return false;   // removed from the cache meanwhile
@@ -556,7 +557,8 @@ struct AddressSpaceImpl {
     if (wp) pte |= kPteUffdWp;
     if (!Cas(entry, orig, pte)) {
       machine.meta(pfn).mapcount.fetch_sub(1, std::memory_order_relaxed);
-      machine.meta(pfn).refcount.fetch_sub(1, std::memory_order_acq_rel);   // the cache holds one
+      // Not a plain decrement: the page may have left the cache meanwhile, making ours the last.
+      machine.PutFrame(cpu, pfn);
       return false;
     }
     return true;
@@ -611,7 +613,7 @@ struct AddressSpaceImpl {
         const Pte pte = LoadEntry(PteEntry(mm, pmd, address));
         if (access == Access::kRead && PtePresent(pte) && !PteNumaHint(pte)) return Attempt::kOk;
       }
-      entry = WritablePte(mm, cpu, address);
+      entry = WritablePteUnder(mm, cpu, pmd_entry, address);
     }
     if (!entry) return Attempt::kOom;
     return FaultEntry(mm, cpu, vma, entry, address, access, event);
@@ -1061,7 +1063,7 @@ int AddressSpace::UffdCopy(Cpu& cpu, std::uint64_t address, const void* src, boo
       if (pfn == kNoPfn) return -ENOMEM;
       if (!inserted) return -EEXIST;
       cpu.stats().pages_copied += size / kPageSize;
-      return Impl::InstallCached(*this, *vma, entry, orig, pfn, vma->writable, wp) ? 0 : -EAGAIN;
+      return Impl::InstallCached(*this, cpu, *vma, entry, orig, pfn, vma->writable, wp) ? 0 : -EAGAIN;
     }
     const Pfn pfn = machine_.AllocateFrame(cpu, Impl::TargetNode(*vma, cpu), kFrameAnon);
     if (pfn == kNoPfn) return -ENOMEM;
@@ -1109,7 +1111,7 @@ int AddressSpace::UffdContinue(Cpu& cpu, std::uint64_t address, bool wp) {
   for (;;) {
     const Pte orig = LoadEntry(entry);
     if (!Fillable(orig)) return -EEXIST;
-    if (Impl::InstallCached(*this, *vma, entry, orig, pfn, vma->writable, wp)) return 0;
+    if (Impl::InstallCached(*this, cpu, *vma, entry, orig, pfn, vma->writable, wp)) return 0;
     if (vma->file->Lookup(Impl::FileIndex(*vma, page)) != pfn) return -EFAULT;
   }
 }

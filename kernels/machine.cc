@@ -365,7 +365,7 @@ int Machine::RegisterCpu(Cpu* cpu) {
                                               std::memory_order_relaxed)) {
       int used = slots_used_.load(std::memory_order_relaxed);
       while (used < i + 1 &&
-             !slots_used_.compare_exchange_weak(used, i + 1, std::memory_order_release)) {
+             !slots_used_.compare_exchange_weak(used, i + 1, std::memory_order_seq_cst)) {
       }
       return i;
     }

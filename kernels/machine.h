@@ -131,7 +131,7 @@ class Machine {
   CpuSlot& cpu_slot(int index) { return slots_[index]; }
   const CpuSlot& cpu_slot(int index) const { return slots_[index]; }
   // Slots ever used: exclusive sections scan only these.
-  int cpu_slots_used() const { return slots_used_.load(std::memory_order_acquire); }
+  int cpu_slots_used() const { return slots_used_.load(std::memory_order_seq_cst); }
 
  private:
   friend class Cpu;
