@@ -300,9 +300,21 @@ struct AddressSpaceImpl {
     }
   }
 
+  // A software bit of a PMD entry that points to a shared PTE table (the entry's soft-dirty bit,
+  // which means nothing there): a thread of this address space is copying the table to break it.
+  // The PMD keeps pointing to the table meanwhile, so this address space's reference -- all that
+  // keeps the table alive for it -- is held until the copy is done; other threads of the address
+  // space wait instead of copying it too.
+  static constexpr Pte kPmdBreaking = kPteSoftDirty;
+
   // handle_cow_pte_fault(): makes the table under `pmd_entry` private to this address space.
-  // Returns false when no frame was left for the copy.
+  // Returns false when no frame was left for the copy; true when the caller should look at the
+  // PMD again (broken, reused, or another thread is breaking it).
   static bool BreakCowPte(Self& mm, Cpu& cpu, Pte* pmd_entry, Pte pmd) {
+    if (pmd & kPmdBreaking) {
+      std::this_thread::yield();
+      return true;
+    }
     const Pfn shared = PtePfn(pmd);
     FrameMeta& meta = mm.machine_.meta(shared);
     if (meta.refcount.load(std::memory_order_acquire) == 1) {
@@ -311,9 +323,16 @@ struct AddressSpaceImpl {
       if (Cas(pmd_entry, pmd, pmd | kPteWrite)) ++cpu.stats().cow_pte_reused;
       return true;
     }
-    const bool lazy = meta.flags.load(std::memory_order_acquire) & kFrameCowPteLazy;
     const Pfn fresh = AllocTable(mm, cpu);
     if (fresh == kNoPfn) return false;
+    // Only the thread that marks the PMD copies: a second copier could otherwise still be reading
+    // the table after the first had switched the PMD and let go of it, and the table been freed
+    // (the other owners gone too) and reused under it.
+    if (!Cas(pmd_entry, pmd, pmd | kPmdBreaking)) {
+      FreeUnusedTable(mm, cpu, fresh);
+      return true;
+    }
+    const bool lazy = meta.flags.load(std::memory_order_acquire) & kFrameCowPteLazy;
     Pte* from = Table(mm, shared);
     Pte* to = Table(mm, fresh);
     for (int i = 0; i < kEntriesPerTable; ++i) {
@@ -328,13 +347,8 @@ struct AddressSpaceImpl {
       }
       to[i] = pte;   // the new table is private until the PMD is switched below
     }
-    if (!Cas(pmd_entry, pmd, PfnPte(fresh, kTableEntryBits))) {
-      // Another thread of this address space broke it first: undo.
-      FrameGather gather(mm, cpu);
-      if (lazy) DropTableReferences(mm, gather, fresh);
-      FreeUnusedTable(mm, cpu, fresh);
-      return true;
-    }
+    // Nothing else changes a marked PMD (Zap leaves it alone, other breakers wait).
+    Ref(pmd_entry).store(PfnPte(fresh, kTableEntryBits), std::memory_order_release);
     FrameGather gather(mm, cpu);
     LeaveSharedTable(mm, cpu, gather, shared, /*drop_own_set=*/false);
     ++cpu.stats().cow_pte_copied;
@@ -900,8 +914,8 @@ std::uint64_t AddressSpace::Zap(Cpu& cpu, std::uint64_t start, std::uint64_t len
       // A whole shared table without guard markers is let go of, not copied and then cleared.
       Pte* pmd_entry = Impl::PmdEntry(*this, nullptr, lo);
       const Pte pmd = pmd_entry ? LoadEntry(pmd_entry) : 0;
-      if (Impl::PmdShared(pmd) && CountMarkers(lo, kPmdSize, kPteMarkerGuard) == 0 &&
-          Cas(pmd_entry, pmd, 0)) {
+      if (Impl::PmdShared(pmd) && !(pmd & Impl::kPmdBreaking) &&
+          CountMarkers(lo, kPmdSize, kPteMarkerGuard) == 0 && Cas(pmd_entry, pmd, 0)) {
         Pte* entries = Impl::Table(*this, PtePfn(pmd));
         for (int i = 0; i < kEntriesPerTable; ++i) {
           const Pte pte = LoadEntry(entries + i);
@@ -987,9 +1001,9 @@ std::uint64_t AddressSpace::InstallGuard(Cpu& cpu, std::uint64_t start, std::uin
     if (vma.kind == VmaKind::kHugetlb) return;   // MADV_GUARD_INSTALL refuses hugetlb
     const PieceEntries piece = EntriesOf(*this, cpu, vma, lo, hi, /*allocate=*/true);
     for (std::uint64_t i = 0; i < piece.count; ++i) {
-      const Pte old = Update(piece.first + i, [](Pte pte) -> Pte {
-        return MakePteMarker(kPteMarkerGuard | (PteMarkerBits(pte) & ~kPteMarkerUffdWp));
-      });
+      // MADV_GUARD_INSTALL zaps first (which clears poison and uffd-wp markers too), then
+      // installs the marker: a guard marker replaces whatever was there.
+      const Pte old = Update(piece.first + i, [](Pte) -> Pte { return MakePteMarker(kPteMarkerGuard); });
       if (MappedPfn(old) != kNoPfn) gather.Unmap(MappedPfn(old));
       if (!(PteMarkerBits(old) & kPteMarkerGuard)) ++changed;
     }
@@ -1214,9 +1228,21 @@ Pte ChildEntry(Pte pte) {
   return pte & ~kPteUffdWp;
 }
 
+// Write-protects a parent's entry at fork. A plain store, not a locked RMW: inside the exclusive
+// section nothing else changes this address space's entries, and in a table shared with other
+// address spaces the only concurrent change is another owner's break clearing this same bit. (x86
+// needs an atomic clear because the MMU may set the dirty bit meanwhile; the model's MMU sets none.)
+Pte WriteProtectForFork(Pte* entry, Pte pte) {
+  if (!PteWrite(pte)) return pte;
+  pte &= ~kPteWrite;
+  Ref(entry).store(pte, std::memory_order_relaxed);
+  return pte;
+}
+
 }  // namespace
 
 std::unique_ptr<AddressSpace> AddressSpace::Fork(Cpu& cpu, ForkMode mode) {
+
   ExclusiveSection exclusive(*this, cpu);
   auto child = std::make_unique<AddressSpace>(machine_, cpu, options_);
   child->vmas_ = vmas_;
@@ -1270,9 +1296,9 @@ std::unique_ptr<AddressSpace> AddressSpace::Fork(Cpu& cpu, ForkMode mode) {
         table_meta.refcount.fetch_add(1, std::memory_order_acq_rel);
         if (mode == ForkMode::kCowPteEager) {
           for (int i = 0; i < kEntriesPerTable; ++i) {
-            const Pte pte = LoadEntry(entries + i);
+                const Pte pte = LoadEntry(entries + i);
             if (!PtePresent(pte) || PteSpecial(pte)) continue;
-            if (PteWrite(pte)) Ref(entries + i).fetch_and(~kPteWrite, std::memory_order_acq_rel);
+            WriteProtectForFork(entries + i, pte);
             FrameMeta& page = machine_.meta(PtePfn(pte));
             page.refcount.fetch_add(1, std::memory_order_relaxed);
             page.mapcount.fetch_add(1, std::memory_order_relaxed);
@@ -1292,9 +1318,7 @@ std::unique_ptr<AddressSpace> AddressSpace::Fork(Cpu& cpu, ForkMode mode) {
         Pte pte = LoadEntry(entries + i);
         if (pte == 0) continue;
         if (PtePresent(pte) && !PteSpecial(pte)) {
-          if (private_anon && PteWrite(pte)) {
-            pte = Ref(entries + i).fetch_and(~kPteWrite, std::memory_order_acq_rel) & ~kPteWrite;
-          }
+          if (private_anon) pte = WriteProtectForFork(entries + i, pte);
           FrameMeta& page = machine_.meta(PtePfn(pte));
           page.refcount.fetch_add(1, std::memory_order_relaxed);
           page.mapcount.fetch_add(1, std::memory_order_relaxed);
@@ -1358,11 +1382,13 @@ std::uint64_t AddressSpace::CountMarkers(std::uint64_t start, std::uint64_t leng
     const Pte* pmd_entry = Impl::PmdEntry(*this, nullptr, a);
     const Pte pmd = pmd_entry ? LoadEntry(pmd_entry) : 0;
     if (Impl::PmdIsTable(pmd)) {
-      const Pte* entries = Impl::PteEntry(*this, pmd, a);
+      Pte* entries = Impl::PteEntry(*this, pmd, a);
       const std::uint64_t n = (next - a + kPageSize - 1) / kPageSize;
+      // Branch-free: markers are rare and scattered, so a mispredicted branch per marker would
+      // cost more than testing every entry in full.
       for (std::uint64_t i = 0; i < n; ++i) {
-        const Pte pte = std::atomic_ref<Pte>(*const_cast<Pte*>(entries + i)).load(std::memory_order_relaxed);
-        count += (PteMarkerBits(pte) & bits) != 0;
+        const Pte pte = Ref(entries + i).load(std::memory_order_relaxed);
+        count += static_cast<std::uint64_t>(IsPteMarker(pte) & ((PteMarkerBits(pte) & bits) != 0));
       }
     } else if (PteMarkerBits(pmd) & bits) {
       ++count;

@@ -27,8 +27,10 @@
 //   table owns one set of page references, and accounting happens when the table is broken.
 // A fault that would change a shared table breaks it first (handle_cow_pte_fault()): when its
 // refcount is 1 the table is reused (the PMD made writable again); otherwise a new table is
-// allocated, the 512 entries copied (lazy: write-protecting anonymous entries in both and taking
-// the page references the fork deferred), the PMD switched by CAS, and the shared table put. Zap,
+// allocated, the PMD marked by CAS as being broken (other threads of the address space wait: the
+// mark keeps the address space's reference, so the table cannot be freed under the copy), the 512
+// entries copied (lazy: write-protecting anonymous entries in both and taking the page references
+// the fork deferred), the PMD switched to the copy, and the shared table put. Zap,
 // write-protect, the protnone scan and migration break shared tables first too; a zap of a whole
 // shared table only puts it. The last put of a shared table frees it (lazy: and drops its set).
 #pragma once
