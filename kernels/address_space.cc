@@ -27,8 +27,10 @@ std::atomic_ref<Pte> Ref(Pte* entry) { return std::atomic_ref<Pte>(*entry); }
 Pte LoadEntry(const Pte* entry) {
   return std::atomic_ref<Pte>(*const_cast<Pte*>(entry)).load(std::memory_order_acquire);
 }
+// Sequentially consistent, not just acq_rel: a TLB flush after an entry change relies on the
+// change preceding its look at the Cpus' access announcements (same instruction on x86).
 bool Cas(Pte* entry, Pte expected, Pte desired) {
-  return Ref(entry).compare_exchange_strong(expected, desired, std::memory_order_acq_rel,
+  return Ref(entry).compare_exchange_strong(expected, desired, std::memory_order_seq_cst,
                                             std::memory_order_acquire);
 }
 
@@ -164,7 +166,6 @@ class FrameGather {
   }
   // Waits until no other Cpu still uses a translation it made before the entries just changed.
   void FlushTlb() {
-    std::atomic_thread_fence(std::memory_order_seq_cst);   // the entry changes come first
     Machine& machine = cpu_.machine();
     const Machine::CpuSlot* own = &cpu_.slot();
     for (int i = 0, n = machine.cpu_slots_used(); i < n; ++i) {
@@ -515,7 +516,7 @@ struct AddressSpaceImpl {
   // A fault on a none entry or a marker of an anonymous VMA.
   static Attempt AnonMissingFault(Self& mm, Cpu& cpu, const Vma& vma, Pte* entry, Pte orig,
                                   Access access, UffdEvent* event) {
-    if ((vma.uffd_modes & kUffdMissing) && !IsUffdWpMarker(orig)) {
+    if (vma.uffd_modes & kUffdMissing) {   // a uffd-wp marker is none to a missing fault
       event->kind = UffdEvent::Kind::kMissing;
       return Attempt::kEvent;
     }
@@ -919,7 +920,7 @@ std::uint64_t AddressSpace::Zap(Cpu& cpu, std::uint64_t start, std::uint64_t len
         Pte* entries = Impl::Table(*this, PtePfn(pmd));
         for (int i = 0; i < kEntriesPerTable; ++i) {
           const Pte pte = LoadEntry(entries + i);
-          if (PtePresent(pte) && !PteSpecial(pte)) ++unmapped;
+          if (PtePresent(pte)) ++unmapped;   // zero-page mappings count, as below
         }
         Impl::LeaveSharedTable(*this, cpu, gather, PtePfn(pmd), /*drop_own_set=*/true);
         return;
@@ -1037,11 +1038,11 @@ int AddressSpace::UffdPoison(Cpu& cpu, std::uint64_t start, std::uint64_t length
     if (piece.oom) error = -ENOMEM;
     for (std::uint64_t i = 0; i < piece.count && !error; ++i) {
       Update(piece.first + i, [&](Pte pte) -> Pte {
-        if (!PteNoneMostly(pte)) {
+        if (!PteNone(pte)) {   // any entry, even a marker (mfill_atomic_pte_poison())
           error = -EEXIST;
           return pte;
         }
-        return MakePteMarker(PteMarkerBits(pte) | kPteMarkerPoisoned);
+        return MakePteMarker(kPteMarkerPoisoned);
       });
     }
   });
@@ -1102,8 +1103,10 @@ int AddressSpace::UffdZeropage(Cpu& cpu, std::uint64_t address) {
   Pte* entry = Impl::WritablePte(*this, cpu, address & ~(kPageSize - 1));
   if (!entry) return -ENOMEM;
   for (;;) {
+    // Unlike UFFDIO_COPY, UFFDIO_ZEROPAGE does not overwrite a uffd-wp marker: it would lose the
+    // protection (mfill_atomic_pte_zeropage() checks pte_none()).
     const Pte orig = LoadEntry(entry);
-    if (!Fillable(orig)) return -EEXIST;
+    if (!PteNone(orig)) return -EEXIST;
     if (Cas(entry, orig, PfnPte(machine_.zero_pfn(), kPageBits | kPteSpecial))) {
       ++cpu.stats().zeropage_maps;
       return 0;
