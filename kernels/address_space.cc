@@ -1210,8 +1210,13 @@ int AddressSpace::MigratePage(Cpu& cpu, std::uint64_t address, int node) {
     if (IsMigrationEntry(orig)) return -EBUSY;   // being migrated by someone else
     if (!PtePresent(orig) || PteSpecial(orig)) return -ENOENT;
     const FrameMeta& meta = machine_.meta(PtePfn(orig));
-    if (meta.node == node) return 0;
-    if (meta.mapcount.load(std::memory_order_relaxed) != 1) return -EBUSY;
+    const bool elsewhere = meta.node != node;
+    const bool shared = meta.mapcount.load(std::memory_order_relaxed) != 1;
+    // The frame's metadata counts only while the entry still maps it (a hinting fault may have
+    // just migrated it).
+    if (LoadEntry(entry) != orig) continue;
+    if (!elsewhere) return 0;
+    if (shared) return -EBUSY;
     int error = 0;
     if (Impl::Migrate(*this, cpu, entry, orig, orig, node, &error) == Attempt::kOk) return error;
   }

@@ -213,8 +213,10 @@ class AddressSpace {
   // Returns the number of entries marked.
   std::uint64_t ChangeProtNuma(Cpu& cpu, std::uint64_t start, std::uint64_t length);
   // move_pages() for one page: migrates the 4 KiB page mapped at `address` to `node` through a
-  // migration entry. 0, -ENOENT (not mapped, or the zero page), -EBUSY (mapped more than once:
-  // the model has no rmap to fix the other mappings), -ENOMEM (target node empty).
+  // migration entry. 0 (also when it is there already), -ENOENT (not mapped, or the zero page),
+  // -EBUSY (mapped more than once: the model has no rmap to fix the other mappings; or being
+  // migrated by another Cpu), -ENOMEM (target node empty), -ENODEV (no such node), -EINVAL (not
+  // an anonymous VMA).
   int MigratePage(Cpu& cpu, std::uint64_t address, int node);
 
   // --- Fork (exclusive section) ---
