@@ -71,6 +71,10 @@ const char* ForkModeName(ForkMode mode) {
   return "?";
 }
 
+const char* ProtnoneEncodingName(ProtnoneEncoding encoding) {
+  return encoding == ProtnoneEncoding::kProtnone ? "protnone" : "fault_on_access";
+}
+
 // The read side: the Cpu says which address space it is in (a seq_cst store on its own slot),
 // then checks that no exclusive section is running; the exclusive side sets its flag, then waits
 // for every slot that names this address space. Either the reader sees the flag and backs off,

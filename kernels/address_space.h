@@ -106,6 +106,7 @@ enum class ProtnoneEncoding : std::uint8_t {
   kProtnone,        // x86: present cleared, PROTNONE (the global bit) set
   kFaultOnAccess,   // present kept, the 'fault on access' software bit set; an arch hook routes it
 };
+const char* ProtnoneEncodingName(ProtnoneEncoding encoding);   // "protnone", "fault_on_access"
 
 // One entry of a pagemap-style read.
 struct PagemapEntry {

@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/pte.h"
@@ -170,6 +171,30 @@ struct CpuStats {
   std::uint64_t migration_waits = 0;
   std::uint64_t frame_pool_refills = 0;  // cache misses that went to a node's pool
 };
+
+// Every CpuStats counter with its name: one list for sums and reports.
+inline constexpr std::pair<const char*, std::uint64_t CpuStats::*> kCpuStatsFields[] = {
+    {"faults", &CpuStats::faults},
+    {"fault_retries", &CpuStats::fault_retries},
+    {"zeropage_maps", &CpuStats::zeropage_maps},
+    {"pages_zeroed", &CpuStats::pages_zeroed},
+    {"pages_copied", &CpuStats::pages_copied},
+    {"pages_reused", &CpuStats::pages_reused},
+    {"tables_allocated", &CpuStats::tables_allocated},
+    {"tables_freed", &CpuStats::tables_freed},
+    {"cow_pte_reused", &CpuStats::cow_pte_reused},
+    {"cow_pte_copied", &CpuStats::cow_pte_copied},
+    {"uffd_events", &CpuStats::uffd_events},
+    {"numa_hint_faults", &CpuStats::numa_hint_faults},
+    {"pages_migrated", &CpuStats::pages_migrated},
+    {"migration_waits", &CpuStats::migration_waits},
+    {"frame_pool_refills", &CpuStats::frame_pool_refills},
+};
+
+inline CpuStats& operator+=(CpuStats& sum, const CpuStats& more) {
+  for (const auto& [name, field] : kCpuStatsFields) sum.*field += more.*field;
+  return sum;
+}
 
 // Aligned to cache lines so that two Cpus never share one, wherever the caller puts them.
 class alignas(64) Cpu {

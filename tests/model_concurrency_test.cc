@@ -114,39 +114,14 @@ class StatsTotal {
  public:
   void Add(const CpuStats& s) {
     std::lock_guard<std::mutex> lock(mutex_);
-    total_.faults += s.faults;
-    total_.tables_allocated += s.tables_allocated;
-    total_.tables_freed += s.tables_freed;
-    total_.zeropage_maps += s.zeropage_maps;
-    total_.fault_retries += s.fault_retries;
-    total_.pages_copied += s.pages_copied;
-    total_.pages_reused += s.pages_reused;
-    total_.cow_pte_reused += s.cow_pte_reused;
-    total_.cow_pte_copied += s.cow_pte_copied;
-    total_.uffd_events += s.uffd_events;
-    total_.numa_hint_faults += s.numa_hint_faults;
-    total_.pages_migrated += s.pages_migrated;
-    total_.migration_waits += s.migration_waits;
+    total_ += s;
   }
   // One line on stdout, and the same as test properties in XML output.
   void Report() {
     std::lock_guard<std::mutex> lock(mutex_);
-    const std::pair<const char*, std::uint64_t> fields[] = {
-        {"faults", total_.faults},
-        {"zeropage_maps", total_.zeropage_maps},
-        {"tables_allocated", total_.tables_allocated},
-        {"tables_freed", total_.tables_freed},
-        {"fault_retries", total_.fault_retries},
-        {"pages_copied", total_.pages_copied},
-        {"pages_reused", total_.pages_reused},
-        {"cow_pte_reused", total_.cow_pte_reused},
-        {"cow_pte_copied", total_.cow_pte_copied},
-        {"uffd_events", total_.uffd_events},
-        {"numa_hint_faults", total_.numa_hint_faults},
-        {"pages_migrated", total_.pages_migrated},
-        {"migration_waits", total_.migration_waits}};
     std::string line = "worker stats:";
-    for (const auto& [name, count] : fields) {
+    for (const auto& [name, field] : kCpuStatsFields) {
+      const std::uint64_t count = total_.*field;
       if (count == 0) continue;
       line += std::string(" ") + name + "=" + std::to_string(count);
       ::testing::Test::RecordProperty(name, std::to_string(count));
@@ -1072,9 +1047,7 @@ INSTANTIATE_TEST_SUITE_P(BothEncodings, ModelMigrationRaceTest,
                          ::testing::Values(ProtnoneEncoding::kProtnone,
                                            ProtnoneEncoding::kFaultOnAccess),
                          [](const auto& encoding) {
-                           return std::string(encoding.param == ProtnoneEncoding::kProtnone
-                                                  ? "protnone"
-                                                  : "fault_on_access");
+                           return std::string(ProtnoneEncodingName(encoding.param));
                          });
 
 // Pages are zapped (MADV_DONTNEED) while they are being migrated, by move_pages between the nodes

@@ -738,9 +738,7 @@ void SequenceRunner::DoNewSpace() {
                                          : model::ProtnoneEncoding::kFaultOnAccess;
   result_.log.push_back(std::to_string(result_.ops) + ": as" + std::to_string(space) + " cpu" +
                         std::to_string(cpu_node) + " new address space, hinting by " +
-                        (options.protnone == model::ProtnoneEncoding::kProtnone
-                             ? "protnone"
-                             : "fault-on-access"));
+                        model::ProtnoneEncodingName(options.protnone));
   spaces_[space] = std::make_unique<AddressSpace>(machine_, cpu, options);
   ref_.NewSpace(space);
 }

@@ -491,9 +491,7 @@ INSTANTIATE_TEST_SUITE_P(BothEncodings, ModelNumaTest,
                          ::testing::Values(ProtnoneEncoding::kProtnone,
                                            ProtnoneEncoding::kFaultOnAccess),
                          [](const auto& encoding) {
-                           return std::string(encoding.param == ProtnoneEncoding::kProtnone
-                                                  ? "protnone"
-                                                  : "fault_on_access");
+                           return std::string(ProtnoneEncodingName(encoding.param));
                          });
 
 TEST_F(ModelSemanticsTest, MigratePageMovesDataToTheTargetNode) {
