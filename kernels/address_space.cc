@@ -473,6 +473,14 @@ struct AddressSpaceImpl {
     return Migrate(mm, cpu, entry, orig, restored, target, nullptr);
   }
 
+  // The arch hook for entries that carry the 'fault on access' software bit: on an architecture
+  // that marks NUMA hinting entries this way (rather than with x86's PROTNONE), the access traps
+  // although the entry is present, and the hook hands the fault to the generic hinting path, which
+  // restores the entry by clearing the bit.
+  static Attempt ArchFaultOnAccess(Self& mm, Cpu& cpu, const Vma& vma, Pte* entry, Pte orig) {
+    return NumaHintFault(mm, cpu, vma, entry, orig);
+  }
+
   // Write to a read-only anonymous mapping: reuse an exclusive frame, else copy (do_wp_page()).
   static Attempt AnonWriteProtectFault(Self& mm, Cpu& cpu, const Vma& vma, Pte* entry, Pte orig) {
     Machine& machine = mm.machine_;
@@ -601,7 +609,8 @@ struct AddressSpaceImpl {
     }
     if (IsMigrationEntry(orig)) return Attempt::kWaitMigration;
     if (!PtePresent(orig)) return Attempt::kSigbus;   // the model has no swap
-    if (PteNumaHint(orig)) return NumaHintFault(mm, cpu, vma, entry, orig);
+    if (PteFaultOnAccess(orig)) return ArchFaultOnAccess(mm, cpu, vma, entry, orig);
+    if (PteProtnone(orig)) return NumaHintFault(mm, cpu, vma, entry, orig);
     if (access == Access::kRead || PteWrite(orig)) return Attempt::kOk;   // spurious
     if (PteUffdWp(orig) && (vma.uffd_modes & kUffdWp)) {
       event->kind = UffdEvent::Kind::kWp;
