@@ -45,6 +45,7 @@
 #include "bench/suite.h"
 #include "build_info.h"
 #include "reports/fault_summary.h"
+#include "reports/model_summary.h"
 #include "reports/results_csv.h"
 #include "topology/hugetlb.h"
 #include "topology/system_settings.h"
@@ -626,7 +627,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   };
   context["faultlab"]["run_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-  const std::string summary = FaultSummary(results);
+  const std::string summary = FaultSummary(results) + ModelSummary(results);
   std::vector<std::pair<std::string, std::string>> files = {
       {"results.json", results.dump(2) + "\n"},
       {"results.csv", ResultsCsv(results)},

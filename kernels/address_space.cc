@@ -1405,12 +1405,27 @@ std::uint64_t AddressSpace::CountMarkers(std::uint64_t start, std::uint64_t leng
     if (Impl::PmdIsTable(pmd)) {
       Pte* entries = Impl::PteEntry(*this, pmd, a);
       const std::uint64_t n = (next - a + kPageSize - 1) / kPageSize;
-      // Branch-free: markers are rare and scattered, so a mispredicted branch per marker would
-      // cost more than testing every entry in full.
-      for (std::uint64_t i = 0; i < n; ++i) {
+      // Branch-free, in four independent sums: markers are rare and scattered, so a branch per
+      // entry would mispredict on each one, and one sum would chain every add. A marker with any
+      // of `bits` is a swap entry of type PTE_MARKER (top five bits set, present and PROTNONE
+      // clear) whose inverted offset has one of the bits clear.
+      constexpr Pte kMatchMask = (0x1full << kSwapTypeShift) | kPtePresent | kPteProtnone;
+      constexpr Pte kMatchValue = static_cast<Pte>(kSwpPteMarker) << kSwapTypeShift;
+      const Pte wanted = (bits & kPteMarkerMask) << kSwapOffsetShift;
+      const auto hit = [&](std::uint64_t i) -> std::uint64_t {
         const Pte pte = Ref(entries + i).load(std::memory_order_relaxed);
-        count += static_cast<std::uint64_t>(IsPteMarker(pte) & ((PteMarkerBits(pte) & bits) != 0));
+        return static_cast<std::uint64_t>(((pte & kMatchMask) == kMatchValue) & ((~pte & wanted) != 0));
+      };
+      std::uint64_t sums[4] = {0, 0, 0, 0};
+      std::uint64_t i = 0;
+      for (; i + 4 <= n; i += 4) {
+        sums[0] += hit(i);
+        sums[1] += hit(i + 1);
+        sums[2] += hit(i + 2);
+        sums[3] += hit(i + 3);
       }
+      for (; i < n; ++i) sums[0] += hit(i);
+      count += sums[0] + sums[1] + sums[2] + sums[3];
     } else if (PteMarkerBits(pmd) & bits) {
       ++count;
     }
