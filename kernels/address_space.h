@@ -11,8 +11,11 @@
 // - Operations that change VMAs or copy a whole address space (Map, Unmap, RegisterUffd, Fork)
 //   run as exclusive sections, the kernel's mmap_lock held for write: they wait until no Cpu is
 //   inside an operation on this address space. Every other operation is on the read side, which
-//   costs a store and a load on the Cpu's own cache line (a Dekker handshake with the exclusive
-//   side), not a shared counter: faults on disjoint ranges share no written cache line.
+//   costs a store to the Cpu's own cache line and a load of this address space's flag (a Dekker
+//   handshake with the exclusive side), not a shared counter: faults on disjoint ranges share no
+//   written cache line.
+// - Frames an operation unmaps are freed only once every other Cpu's user access (Load, Store) in
+//   flight at the time has finished: the model's TLB flush (see kernels/README.md).
 //
 // Fork comes three ways (ForkMode):
 // - kClassic, as copy_pte_range(): every entry copied, anonymous pages write-protected in parent
@@ -158,8 +161,9 @@ class AddressSpace {
   // Removes the VMA that starts at `start` exactly (no splitting): zaps it (markers too) and frees
   // the PTE tables only it used. Throws std::invalid_argument if there is none.
   void Unmap(Cpu& cpu, std::uint64_t start);
-  // Registers [start, end) of one VMA for the modes, with the handler. Minor mode on anonymous
-  // memory throws std::invalid_argument, as UFFDIO_REGISTER fails with EINVAL.
+  // Registers the whole VMA that starts at `start` for the modes (replacing an earlier
+  // registration), with the handler. No such VMA, or minor mode on anonymous memory, throws
+  // std::invalid_argument (UFFDIO_REGISTER's EINVAL).
   void RegisterUffd(Cpu& cpu, std::uint64_t start, std::uint32_t modes, UffdHandler handler,
                     bool wp_unpopulated = false);
   // A copy of the VMA list, for tests and reports.
