@@ -136,11 +136,16 @@ class CompactReporter : public benchmark::BenchmarkReporter {
         stddev ? absl::StrFormat("%5.1f%%", stddev->GetAdjustedRealTime() /
                                                 run.GetAdjustedRealTime() * 100)
                : std::string("     -");
+    // A suite that reports no percentile gives its median round (the model suite); one that
+    // measures no harness cost shows "-".
+    const double p50 = std::isnan(Counter(run, "p50_ns")) ? Counter(run, "median_ns")
+                                                          : Counter(run, "p50_ns");
+    const double harness = Counter(run, "harness_ratio");
     GetOutputStream() << absl::StrFormat(
-        "%-66s %9s %6s %9s %9s %9s %9s %6.1f%%\n", name, FormatNs(run.GetAdjustedRealTime()),
-        spread, FormatNs(Counter(run, "p50_ns")), FormatNs(Counter(run, "p99_ns")),
-        FormatNs(Counter(run, "max_ns")), FormatNs(Counter(run, "first_round_ns")),
-        Counter(run, "harness_ratio") * 100);
+        "%-66s %9s %6s %9s %9s %9s %9s %7s\n", name, FormatNs(run.GetAdjustedRealTime()), spread,
+        FormatNs(p50), FormatNs(Counter(run, "p99_ns")), FormatNs(Counter(run, "max_ns")),
+        FormatNs(Counter(run, "first_round_ns")),
+        std::isnan(harness) ? std::string("-") : absl::StrFormat("%.1f%%", harness * 100));
   }
 
   std::size_t total_;
