@@ -1315,16 +1315,10 @@ void PrintEnvironmentTable(const nlohmann::json& env, std::ostream& out) {
     for (const SuiteVariant& variant : suite.variants)
       name_width = std::max(name_width, variant.name.size());
     for (const SuiteVariant& variant : suite.variants) {
-      std::vector<std::string> reasons;
-      for (Feature feature : variant.needs) {
-        if (std::optional<std::string> why = WhyUnavailable(feature)) reasons.push_back(*why);
-      }
-      if (reasons.empty() && variant.hugetlb_page_size > 0) {
-        if (auto why = WhyNoHugetlbPages(variant.hugetlb_page_size, variant.hugetlb_pages)) reasons.push_back(*why);
-      }
+      const std::optional<std::string> why =
+          WhyCannotRun(variant.needs, variant.hugetlb_page_size, variant.hugetlb_pages);
       out << "    " << variant.name << std::string(name_width - variant.name.size() + 2, ' ')
-          << (reasons.empty() ? "runs" : absl::StrCat("skipped: ", absl::StrJoin(reasons, "; ")))
-          << '\n';
+          << (why ? "skipped: " + *why : std::string("runs")) << '\n';
     }
   }
 }

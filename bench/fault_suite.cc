@@ -537,16 +537,11 @@ ThreadCollector& Collector() {
 
 // Why the case cannot run here with `workers` workers; empty if it can.
 std::string WhyCaseCannotRun(const MemoryKind& kind, std::size_t bytes, int workers) {
-  for (Feature feature : kind.needs) {
-    if (auto why = WhyUnavailable(feature)) return *why;
-  }
-  if (kind.memory == Memory::kHugetlb2M || kind.memory == Memory::kHugetlb1G) {
-    const long pages = static_cast<long>(bytes / kind.page) * workers;
-    if (auto why = WhyNoHugetlbPages(kind.page, pages, CurrentRunOptions().node.value_or(-1))) {
-      return *why;
-    }
-  }
-  return {};
+  const bool hugetlb = kind.memory == Memory::kHugetlb2M || kind.memory == Memory::kHugetlb1G;
+  return WhyCannotRun(kind.needs, hugetlb ? kind.page : 0,
+                      static_cast<long>(bytes / kind.page) * workers,
+                      CurrentRunOptions().node.value_or(-1))
+      .value_or("");
 }
 
 void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& results,

@@ -512,14 +512,10 @@ std::string MeasureVmPte(SharedPage* page, long* parent_kb, long* child_kb) {
 }
 
 // Why this backing cannot run here (hugetlb_pages: the 2 MiB pages it needs); empty if it can.
-std::string WhyCannotRun(const BackingKind& kind, long hugetlb_pages) {
-  for (Feature feature : kind.needs) {
-    if (auto why = WhyUnavailable(feature)) return *why;
-  }
-  if (kind.backing == Backing::kHugetlb2M) {
-    if (auto why = WhyNoHugetlbPages(kPage2M, hugetlb_pages)) return *why;
-  }
-  return {};
+std::string WhyBackingCannotRun(const BackingKind& kind, long hugetlb_pages) {
+  return WhyCannotRun(kind.needs, kind.backing == Backing::kHugetlb2M ? kPage2M : 0,
+                      hugetlb_pages, CurrentRunOptions().node.value_or(-1))
+      .value_or("");
 }
 
 // Case `latency` (and its variants and floors): fork() of a parent with `rss_mib` populated, the
@@ -530,7 +526,7 @@ void RunLatency(benchmark::State& state, Backing backing, Variant variant, Spawn
                 int forks) {
   const BackingKind& kind = KindOf(backing);
   const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
-  std::string error = WhyCannotRun(kind, static_cast<long>(bytes / kPage2M));
+  std::string error = WhyBackingCannotRun(kind, static_cast<long>(bytes / kPage2M));
   ForkAffinity affinity;
   Region region;
   SharedArea shared(0);
@@ -654,7 +650,7 @@ void RunWriteAfterFork(benchmark::State& state, Backing backing, Writer writer, 
   const std::size_t pages = bytes / kind.page;
   // hugetlb: the parent's region and, in the write rounds, one copy of it (a private hugetlb
   // child without a free page for its copy gets SIGBUS).
-  std::string error = WhyCannotRun(kind, 2 * static_cast<long>(bytes / kPage2M));
+  std::string error = WhyBackingCannotRun(kind, 2 * static_cast<long>(bytes / kPage2M));
   ForkAffinity affinity;
   SharedArea shared(pages * sizeof(uint64_t));
   if (error.empty() && !shared.page()) error = Errno("mmap of the shared page");

@@ -247,6 +247,16 @@ std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, 
                       ": rerun with --reserve-hugepages ", FlagSizeName(page_size), ":", count);
 }
 
+std::optional<std::string> WhyCannotRun(const std::vector<Feature>& needs,
+                                        std::size_t hugetlb_page_size, long hugetlb_pages,
+                                        int node) {
+  for (Feature feature : needs) {
+    if (auto why = WhyUnavailable(feature)) return why;
+  }
+  if (hugetlb_page_size == 0) return std::nullopt;
+  return WhyNoHugetlbPages(hugetlb_page_size, hugetlb_pages, node);
+}
+
 UffdApi ProbeUffdApi() {
   UffdApi result;
   UffdOpen uffd = OpenUserfaultfd();

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace faultlab {
 
@@ -33,6 +34,13 @@ long FreeHugetlbPages(std::size_t page_size, int node = -1);
 // nullopt when `count` hugetlb pages of `page_size` are free; otherwise why not (naming the
 // --reserve-hugepages flag that fixes it). Never cached: pools change during a run.
 std::optional<std::string> WhyNoHugetlbPages(std::size_t page_size, long count, int node = -1);
+
+// What a benchmark variant needs, checked in one place for the suites and `faultlab env`: each
+// feature, then (when hugetlb_page_size > 0) that many free hugetlb pages on `node`. nullopt when
+// it can run; otherwise the first reason.
+std::optional<std::string> WhyCannotRun(const std::vector<Feature>& needs,
+                                        std::size_t hugetlb_page_size = 0, long hugetlb_pages = 0,
+                                        int node = -1);
 
 // Feature and ioctl bits UFFDIO_API reports when asked for no features (the kernel then answers
 // with all it supports); 0 with a reason when userfaultfd cannot be opened.
