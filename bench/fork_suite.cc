@@ -35,6 +35,7 @@
 #include <cstring>
 #include <emmintrin.h>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <new>
@@ -44,10 +45,12 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
+#include <nlohmann/json.hpp>
 
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
+#include "bench/model_suite.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
@@ -86,13 +89,16 @@ const BackingKind& KindOf(Backing backing) {
 }
 
 // What a latency benchmark does to the parent besides its region.
-enum class Variant { kPlain, kDontFork, kWipeOnFork, kThreads };
+enum class Variant { kPlain, kDontFork, kWipeOnFork, kThreads, kCowPte };
 // How the child is made: fork(), or a floor that does not copy the parent's mm.
 enum class Spawn { kFork, kVfork, kPosixSpawn };
 // Whose write a write_after_fork benchmark times.
 enum class Writer { kParentWhileChild, kChild, kParentAfterExit };
 
 constexpr int kExtraThreads = 3;
+// The prctl number the COW-PTE series used, which mainline kernels (6.3+) gave to PR_SET_MDWE.
+constexpr int kPrSetMdwe = 65;
+constexpr std::size_t kCowPteProbeBytes = 16ul << 20;
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
@@ -518,19 +524,141 @@ std::string WhyBackingCannotRun(const BackingKind& kind, long hugetlb_pages) {
       .value_or("");
 }
 
-// Case `latency` (and its variants and floors): fork() of a parent with `rss_mib` populated, the
-// child exiting at once. The time column (manual time) is fork_ns + exit_wait_ns per fork: what
+// What one benchmark measured, or why it could not: the measuring may run in another process
+// (the COW-PTE host), so it is kept apart from the reporting.
+struct Measurement {
+  std::string error;
+  std::vector<double> samples_ns;         // the time column: one per fork, or per page written
+  std::map<std::string, double> figures;  // counters reported as they are
+  CounterTotals totals;                   // perf counts, reported per sample
+};
+
+// Reports a measurement as the benchmark's figures (the time column is the mean sample), or
+// the skip with its reason.
+void Report(benchmark::State& state, const BackingKind& kind, const std::string& cpus,
+            Measurement m) {
+  if (!m.error.empty()) {
+    Skip(state, m.error);
+    for (auto _ : state) {
+    }
+    return;
+  }
+  double seconds = 0;
+  for (double ns : m.samples_ns) seconds += ns * 1e-9;
+  const double samples = static_cast<double>(m.samples_ns.size());
+  LatencySummary summary = Summarize(m.samples_ns);
+  ReportLatency(state, summary);
+  ReportPerEvent(state, m.totals, samples);
+  for (const auto& [name, value] : m.figures) state.counters[name] = value;
+  state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + cpus + " premise=verified");
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(seconds);
+}
+
+// How many kB of page tables a child forked now goes without: the parent's VmPTE less the
+// child's, with a populated 16 MiB region of 4 KiB pages (32 kB of PTE tables) mapped for it.
+std::string TablesWithheldFromChildKb(long* kb) {
+  SharedArea shared(0);
+  if (!shared.page()) return Errno("mmap of the shared page");
+  Region probe;
+  if (std::string e = probe.Map(Backing::kAnon4K, kCowPteProbeBytes); !e.empty()) return e;
+  long parent_kb = 0, child_kb = 0;
+  if (std::string e = MeasureVmPte(shared.page(), &parent_kb, &child_kb); !e.empty()) return e;
+  *kb = parent_kb - child_kb;
+  return {};
+}
+
+// The COW-PTE series (never merged) turns page-table sharing on for a process with a prctl whose
+// number the user gives: the series used 65, which mainline kernels assign to PR_SET_MDWE, so it
+// is never called by default. It is called here with every argument 0 (PR_SET_MDWE(0) would set
+// nothing), in a host process forked for the benchmark: whatever the prctl turns on stays with
+// the host's mm and dies with it, and faultlab's own process is left as it was. Before measuring,
+// the host checks that the prctl did what COW-PTE does: a child forked after it must go without
+// the tables of a probe region that a child forked before it got. Then the host runs `measure`
+// and hands the measurement back through a pipe as JSON.
+Measurement InCowPteHost(int prctl_number, const std::function<Measurement()>& measure) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return {Errno("pipe"), {}, {}, {}};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    Measurement m;
+    long withheld_before = 0, withheld_after = 0;
+    m.error = TablesWithheldFromChildKb(&withheld_before);
+    if (m.error.empty() && prctl(prctl_number, 0, 0, 0, 0) != 0) {
+      m.error = Errno(("prctl(" + std::to_string(prctl_number) + ", 0, 0, 0, 0)").c_str()) +
+                ": this kernel has no COW-PTE prctl of that number";
+    }
+    if (m.error.empty()) m.error = TablesWithheldFromChildKb(&withheld_after);
+    const long probe_tables_kb = static_cast<long>(kCowPteProbeBytes / kPage2M * 4);
+    if (m.error.empty() && withheld_after - withheld_before < probe_tables_kb / 2) {
+      m.error = "prctl(" + std::to_string(prctl_number) +
+                ") succeeded but fork still copies page tables: a child's VmPTE was " +
+                std::to_string(withheld_after) + " kB below its parent's after it and " +
+                std::to_string(withheld_before) + " kB before it, where sharing the tables of a " +
+                std::to_string(kCowPteProbeBytes >> 20) + " MiB region would take " +
+                std::to_string(probe_tables_kb) + " kB off" +
+                (prctl_number == kPrSetMdwe
+                     ? " (65 is PR_SET_MDWE in mainline kernels: with 0 it sets nothing)"
+                     : "");
+    }
+    if (m.error.empty()) m = measure();
+    const std::string out = nlohmann::json{{"error", m.error},
+                                           {"samples_ns", m.samples_ns},
+                                           {"figures", m.figures},
+                                           {"names", m.totals.names},
+                                           {"sums", m.totals.sums}}
+                                .dump();
+    for (std::size_t done = 0; done < out.size();) {
+      const ssize_t n = write(fds[1], out.data() + done, out.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) _exit(1);
+      done += static_cast<std::size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  if (pid < 0) {
+    close(fds[0]);
+    return {Errno("fork of the COW-PTE host"), {}, {}, {}};
+  }
+  std::string in;
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = read(fds[0], buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    in.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return {"the COW-PTE host process died (status " + std::to_string(status) + ")", {}, {}, {}};
+  }
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return {"the COW-PTE host's report is not JSON", {}, {}, {}};
+  Measurement m;
+  m.error = j.at("error").get<std::string>();
+  m.samples_ns = j.at("samples_ns").get<std::vector<double>>();
+  m.figures = j.at("figures").get<std::map<std::string, double>>();
+  m.totals.names = j.at("names").get<std::vector<std::string>>();
+  m.totals.sums = j.at("sums").get<std::vector<double>>();
+  return m;
+}
+
+// Case `latency` (and its variants and floors): fork() of a parent with `bytes` populated, the
+// child exiting at once. The samples (the time column) are fork_ns + exit_wait_ns per fork: what
 // a user of fork+exit+wait feels in the parent. child_runs_ns is beside it; the parent's spin
 // between fork returning and seeing the stamp is in neither.
-void RunLatency(benchmark::State& state, Backing backing, Variant variant, Spawn spawn,
-                int forks) {
-  const BackingKind& kind = KindOf(backing);
-  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
-  std::string error = WhyBackingCannotRun(kind, static_cast<long>(bytes / kPage2M));
-  ForkAffinity affinity;
+Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int forks,
+                           std::size_t bytes) {
+  Measurement m;
+  std::string& error = m.error;
   Region region;
   SharedArea shared(0);
-  if (error.empty() && !shared.page()) error = Errno("mmap of the shared page");
+  if (!shared.page()) error = Errno("mmap of the shared page");
   if (error.empty()) error = region.Map(backing, bytes);
   if (error.empty()) error = CheckPremise(backing, region);
   if (error.empty() && variant == Variant::kDontFork &&
@@ -556,63 +684,60 @@ void RunLatency(benchmark::State& state, Backing backing, Variant variant, Spawn
   }
 
   CounterGroup group(CurrentRunOptions().counters, /*inherit=*/true);
-  CounterTotals totals;
-  totals.names = group.names();
-  std::vector<double> fork_ns, runs_ns, exit_ns, total_ns;
+  m.totals.names = group.names();
+  std::vector<double> fork_ns, runs_ns, exit_ns;
   ForkSample warm;
   // One untimed fork first: the first fork after populating write-protects every PTE of the
   // parent, later ones find them write-protected; the steady state is what repeats.
   if (error.empty()) error = TimedFork(spawn, shared.page(), &warm);
-  double first_ns = warm.fork_ns + warm.exit_wait_ns;
   for (int i = 0; error.empty() && i < forks; ++i) {
     ForkSample s;
     const std::vector<double> before = group.Read();
     error = TimedFork(spawn, shared.page(), &s);
-    totals.Add(before, group.Read());  // after waitpid: the child's counts are in
+    m.totals.Add(before, group.Read());  // after waitpid: the child's counts are in
     fork_ns.push_back(s.fork_ns);
     runs_ns.push_back(s.child_runs_ns);
     exit_ns.push_back(s.exit_wait_ns);
-    total_ns.push_back(s.fork_ns + s.exit_wait_ns);
+    m.samples_ns.push_back(s.fork_ns + s.exit_wait_ns);
   }
   // DAMON's pageout may drop file pages during the run: the figures hold only if they stayed.
   if (error.empty()) error = CheckPremise(backing, region);
-  threads.reset();
-  if (!error.empty()) {
-    Skip(state, error);
-    for (auto _ : state) {
-    }
-    return;
-  }
-  double seconds = 0;
-  for (double ns : total_ns) seconds += ns * 1e-9;
-  const double n = static_cast<double>(forks);
-  LatencySummary summary = Summarize(total_ns);
-  ReportLatency(state, summary);
-  ReportPerEvent(state, totals, n);
+  if (!error.empty()) return m;
   auto mean = [&](const std::vector<double>& v) {
     double sum = 0;
     for (double x : v) sum += x;
-    return sum / n;
+    return sum / static_cast<double>(v.size());
   };
-  state.counters["fork_ns"] = mean(fork_ns);
-  if (spawn != Spawn::kPosixSpawn) state.counters["child_runs_ns"] = mean(runs_ns);
-  state.counters["exit_wait_ns"] = mean(exit_ns);
-  state.counters["fork_p50_ns"] = Summarize(fork_ns).p50;
-  state.counters["first_round_ns"] = first_ns;
+  m.figures["fork_ns"] = mean(fork_ns);
+  if (spawn != Spawn::kPosixSpawn) m.figures["child_runs_ns"] = mean(runs_ns);
+  m.figures["exit_wait_ns"] = mean(exit_ns);
+  m.figures["fork_p50_ns"] = Summarize(fork_ns).p50;
+  m.figures["first_round_ns"] = warm.fork_ns + warm.exit_wait_ns;
   // VmPTE counts every page table of the process (faultlab's own are the ~80 kB baseline a
   // DONTFORK child shows). THP regions count too: the kernel deposits one PTE table per huge PMD
   // for a later split, and fork deposits one for the child. hugetlb maps at PMD level: no PTE
   // tables. shmem and file_ro children get none of the region's (not copied at fork).
   if (spawn == Spawn::kFork) {
-    state.counters["parent_vmpte_kb"] = static_cast<double>(parent_pte);
-    state.counters["child_vmpte_kb"] = static_cast<double>(child_pte);
+    m.figures["parent_vmpte_kb"] = static_cast<double>(parent_pte);
+    m.figures["child_vmpte_kb"] = static_cast<double>(child_pte);
   }
-  state.counters["forks"] = n;
-  state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + affinity.description() +
-                 " premise=verified");
-  for (auto _ : state) {
+  m.figures["forks"] = static_cast<double>(forks);
+  return m;
+}
+
+void RunLatency(benchmark::State& state, Backing backing, Variant variant, Spawn spawn,
+                int forks) {
+  const BackingKind& kind = KindOf(backing);
+  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+  ForkAffinity affinity;
+  Measurement m;
+  m.error = WhyBackingCannotRun(kind, static_cast<long>(bytes / kPage2M));
+  if (m.error.empty()) {
+    auto measure = [&] { return MeasureLatency(backing, variant, spawn, forks, bytes); };
+    m = variant == Variant::kCowPte ? InCowPteHost(*CurrentRunOptions().cow_pte_prctl, measure)
+                                    : measure();
   }
-  state.SetIterationTime(seconds);
+  Report(state, kind, affinity.description(), std::move(m));
 }
 
 // Touches one byte of each page, stamping after each write (as fault_suite does): ticks[i] is
@@ -640,28 +765,27 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) void StampedWrite
 //                            hands them back through shared memory.
 //   parent_write_after_exit: the parent writes after the child was reaped: the pages are still
 //                            write-protected but mapped once, so the fault reuses them (no copy).
+// With COW-PTE (the *_cow_pte cases) the first write in each 2 MiB breaks the shared table: by
+// copy while the child lives, by reuse after it exited.
 // Each round maps and populates a fresh region, checks its premise, forks once, and times the
 // writes: a region written in an earlier round would no longer be what it claims (a split THP,
-// pages the parent already owns). The time column (manual time) is the mean per page written
-// over the measured rounds; round 0 is first_round_ns (fresh frames in this VM).
-void RunWriteAfterFork(benchmark::State& state, Backing backing, Writer writer, int rounds) {
+// pages the parent already owns). The samples are the writes of the measured rounds; round 0 is
+// first_round_ns (fresh frames in this VM).
+Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_t bytes) {
   const BackingKind& kind = KindOf(backing);
-  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
   const std::size_t pages = bytes / kind.page;
-  // hugetlb: the parent's region and, in the write rounds, one copy of it (a private hugetlb
-  // child without a free page for its copy gets SIGBUS).
-  std::string error = WhyBackingCannotRun(kind, 2 * static_cast<long>(bytes / kPage2M));
-  ForkAffinity affinity;
+  Measurement m;
+  std::string& error = m.error;
   SharedArea shared(pages * sizeof(uint64_t));
-  if (error.empty() && !shared.page()) error = Errno("mmap of the shared page");
+  if (!shared.page()) error = Errno("mmap of the shared page");
 
   const double ns_per_tick = TscNsPerTick();
   const std::vector<std::string>& names = CurrentRunOptions().counters;
   CounterGroup group(names, /*inherit=*/false);
-  CounterTotals totals;
+  CounterTotals& totals = m.totals;
   totals.names = group.names();
   std::vector<uint64_t> ticks(pages);
-  std::vector<double> ns;
+  std::vector<double>& ns = m.samples_ns;
   double first_ns = 0;
   long thp_kb_after = -1;
   for (int r = 0; error.empty() && r <= rounds; ++r) {
@@ -764,28 +888,32 @@ void RunWriteAfterFork(benchmark::State& state, Backing backing, Writer writer, 
       for (uint64_t t : ticks) ns.push_back(static_cast<double>(t) * ns_per_tick);
     }
   }
-  if (!error.empty()) {
-    Skip(state, error);
-    for (auto _ : state) {
-    }
-    return;
-  }
-  double seconds = 0;
-  for (double x : ns) seconds += x * 1e-9;
-  const double writes = static_cast<double>(ns.size());
-  LatencySummary summary = Summarize(ns);
-  ReportLatency(state, summary);
-  ReportPerEvent(state, totals, writes);
-  state.counters["first_round_ns"] = first_ns;
-  state.counters["ns_per_4k"] = summary.mean / static_cast<double>(kind.page / kPage4K);
-  state.counters["pages"] = static_cast<double>(pages);
+  if (!error.empty()) return m;
+  double sum = 0;
+  for (double x : ns) sum += x;
+  m.figures["first_round_ns"] = first_ns;
+  m.figures["ns_per_4k"] = sum / static_cast<double>(ns.size()) /
+                           static_cast<double>(kind.page / kPage4K);
+  m.figures["pages"] = static_cast<double>(pages);
   // The writer's AnonHugePages after the last round's writes, of rss_mib * 1024 kB.
-  if (backing == Backing::kThp) state.counters["thp_kb_after"] = static_cast<double>(thp_kb_after);
-  state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + affinity.description() +
-                 " premise=verified");
-  for (auto _ : state) {
+  if (backing == Backing::kThp) m.figures["thp_kb_after"] = static_cast<double>(thp_kb_after);
+  return m;
+}
+
+void RunWriteAfterFork(benchmark::State& state, Backing backing, Writer writer, int rounds,
+                       bool cow_pte) {
+  const BackingKind& kind = KindOf(backing);
+  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+  ForkAffinity affinity;
+  Measurement m;
+  // hugetlb: the parent's region and, in the write rounds, one copy of it (a private hugetlb
+  // child without a free page for its copy gets SIGBUS).
+  m.error = WhyBackingCannotRun(kind, 2 * static_cast<long>(bytes / kPage2M));
+  if (m.error.empty()) {
+    auto measure = [&] { return MeasureWrites(backing, writer, rounds, bytes); };
+    m = cow_pte ? InCowPteHost(*CurrentRunOptions().cow_pte_prctl, measure) : measure();
   }
-  state.SetIterationTime(seconds);
+  Report(state, kind, affinity.description(), std::move(m));
 }
 
 // Sizes of the latency sweep, log scale. --quick stops at 256 MiB; otherwise 1 GiB, and 2 and
@@ -881,8 +1009,39 @@ void RegisterForkSuite(const RunOptions& options) {
       const int64_t writes = mib * (1l << 20) / static_cast<long>(kind.page) * rounds;
       const Writer writer = w.writer;
       add(std::string("fork/") + w.name + "/" + kind.name, {mib}, {"rss_mib"}, writes,
-          [b, writer, rounds](benchmark::State& st) { RunWriteAfterFork(st, b, writer, rounds); });
+          [b, writer, rounds](benchmark::State& st) {
+            RunWriteAfterFork(st, b, writer, rounds, /*cow_pte=*/false);
+          });
     }
+  }
+
+  // The third real variant, only when the user names the COW-PTE prctl (see InCowPteHost):
+  // the 4 KiB sweep and the parent's writes after fork, in a host process with the prctl set.
+  if (options.cow_pte_prctl) {
+    const BackingKind& anon = KindOf(Backing::kAnon4K);
+    for (long mib : SweepMib(options.quick, anon)) {
+      const int forks = ForksFor(mib);
+      add("fork/latency_cow_pte/anon4k", {mib}, {"rss_mib"}, forks, [forks](benchmark::State& st) {
+        RunLatency(st, Backing::kAnon4K, Variant::kCowPte, Spawn::kFork, forks);
+      });
+    }
+    const long mib = 16 * (options.quick ? 1 : 4);  // as the 4 KiB write cases above
+    const int64_t writes = mib * (1l << 20) / static_cast<long>(kPage4K) * rounds;
+    for (const auto& w : writers) {
+      if (w.writer == Writer::kChild) continue;  // the child's breaks mirror the parent's
+      const Writer writer = w.writer;
+      add(std::string("fork/") + w.name + "_cow_pte/anon4k", {mib}, {"rss_mib"}, writes,
+          [writer, rounds](benchmark::State& st) {
+            RunWriteAfterFork(st, Backing::kAnon4K, writer, rounds, /*cow_pte=*/true);
+          });
+    }
+  }
+
+  // The model's half of the comparison runs in the same invocation (same machine state and
+  // pinning), unless the model suite runs anyway.
+  const auto& suites = options.suites;
+  if (std::find(suites.begin(), suites.end(), "model") == suites.end()) {
+    RegisterModelForkCases(options);
   }
 }
 

@@ -1,7 +1,8 @@
 // faultlab: the program behind scripts/faultlab.
 //
 //   faultlab run [--quick] [--suite LIST] [--filter REGEX] [--cpu LIST] [--node N]
-//                [--counters LIST] [--out DIR] [--reserve-hugepages SPEC] [--benchmark_*...]
+//                [--counters LIST] [--out DIR] [--reserve-hugepages SPEC] [--cow-pte-prctl N]
+//                [--benchmark_*...]
 //   faultlab env [--json]
 //   faultlab restore
 //
@@ -78,6 +79,7 @@ struct RunArgs {
   std::vector<std::string> counters;
   std::string out;
   std::string reserve;
+  std::string cow_pte_prctl;
 };
 
 // The console view: one line per benchmark with the figures a reader looks at first (the mean
@@ -485,6 +487,17 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   if (!args.counters.empty()) {
     if (std::string bad = CheckCounterNames(counters); !bad.empty()) return BadInput(bad);
   }
+  std::optional<int> cow_pte_prctl;
+  if (!args.cow_pte_prctl.empty()) {
+    int parsed = -1;
+    if (!absl::SimpleAtoi(args.cow_pte_prctl, &parsed) || parsed <= 0) {
+      return BadInput("--cow-pte-prctl: '" + args.cow_pte_prctl + "' is not a prctl number");
+    }
+    if (std::find(suites.begin(), suites.end(), "fork") == suites.end()) {
+      return BadInput("--cow-pte-prctl is for the fork suite, which this run does not include");
+    }
+    cow_pte_prctl = parsed;
+  }
   std::vector<HugepageRequest> reservations;
   if (!args.reserve.empty()) {
     auto parsed = ParseHugepageRequests(args.reserve, &error);
@@ -504,6 +517,8 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
 
   RunOptions options;
   options.quick = args.quick;
+  options.suites = suites;
+  options.cow_pte_prctl = cow_pte_prctl;
   options.topology = topology.get();
   options.cpus = *cpus;
   options.node = node;
@@ -725,6 +740,10 @@ int main(int argc, char** argv) {
   run->add_option("--out", args.out, "output directory (default reports/out/<timestamp>)");
   run->add_option("--reserve-hugepages", args.reserve,
                   "reserve hugetlb pages for the run: N (2 MiB) or 2M:N,1G:N; restored on exit");
+  run->add_option("--cow-pte-prctl", args.cow_pte_prctl,
+                  "the prctl number of a kernel carrying the COW-PTE series: adds the fork "
+                  "suite's *_cow_pte cases (never called by default: the series used 65, which "
+                  "is PR_SET_MDWE in mainline)");
   run->allow_extras();
 
   bool env_json = false;

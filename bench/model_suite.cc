@@ -51,6 +51,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/harness.h"
+#include "bench/model_suite.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
@@ -1716,15 +1717,77 @@ void RunScaling(benchmark::State& state, int threads, const Sizes& sizes) {
 // ----------------------------------------------------------------------------------------------
 // Registration.
 
-void RegisterModelSuite(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
-  auto add = [&](const std::string& name, double ops, auto&& run) {
-    return benchmark::RegisterBenchmark(name.c_str(), std::forward<decltype(run)>(run))
+// Registers one model benchmark with the suite's repetitions and manual time.
+class ModelAdder {
+ public:
+  explicit ModelAdder(const Sizes& sizes) : sizes_(sizes) {}
+  template <typename Run>
+  benchmark::internal::Benchmark* operator()(const std::string& name, double ops, Run&& run) const {
+    return benchmark::RegisterBenchmark(name.c_str(), std::forward<Run>(run))
         ->Iterations(static_cast<benchmark::IterationCount>(std::max(1.0, ops)))
-        ->Repetitions(sizes.repetitions)
+        ->Repetitions(sizes_.repetitions)
         ->UseManualTime()
         ->Unit(benchmark::kNanosecond);
+  }
+
+ private:
+  const Sizes& sizes_;
+};
+
+// The cases the fork comparison needs: the fork sweep, the COW-PTE breaks, and the classic COW
+// faults after fork (copy while the child lives, reuse once it has exited).
+void AddForkCases(const ModelAdder& add, const Sizes& sizes) {
+  const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
+  const std::pair<const char*, AnonCase> cow_cases[] = {
+      {"model/cow_copy/anon4k", AnonCase::kCowCopy},
+      {"model/cow_reuse/anon4k", AnonCase::kCowReuse},
   };
+  for (const auto& [name, which] : cow_cases) {
+    add(name, fault_ops, [which, sizes](benchmark::State& st) { RunAnonCase(st, which, sizes); });
+  }
+
+  const std::pair<const char*, ForkMode> fork_modes[] = {
+      {"classic", ForkMode::kClassic},
+      {"cow_pte_eager", ForkMode::kCowPteEager},
+      {"cow_pte_lazy", ForkMode::kCowPteLazy},
+  };
+  for (const auto& [name, mode] : fork_modes) {
+    for (const long mib : sizes.fork_mib) {
+      const int forks = ForksFor(mib);
+      const bool largest = mib == sizes.fork_mib.back();
+      add(std::string("model/fork/") + name, forks,
+          [mode, mib, forks, largest](benchmark::State& st) {
+            RunFork(st, mode, mib, forks, largest);
+          })
+          ->Arg(mib)
+          ->ArgNames({"rss_mib"});
+    }
+  }
+
+  const double break_ops = static_cast<double>(sizes.break_tables) * sizes.break_rounds;
+  const std::pair<const char*, BreakCase> break_cases[] = {
+      {"model/cow_pte_break/reuse", BreakCase::kReuse},
+      {"model/cow_pte_break/copy_eager", BreakCase::kCopyEager},
+      {"model/cow_pte_break/copy_lazy", BreakCase::kCopyLazy},
+  };
+  for (const auto& [name, which] : break_cases) {
+    add(name, break_ops,
+        [which, sizes](benchmark::State& st) { RunCowPteBreak(st, which, sizes); });
+  }
+}
+
+}  // namespace
+
+void RegisterModelForkCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  AddForkCases(ModelAdder(sizes), sizes);
+}
+
+namespace {
+
+void RegisterModelSuite(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  const ModelAdder add(sizes);
   const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
 
   add("model/baseline/clear_4k", fault_ops,
@@ -1736,8 +1799,6 @@ void RegisterModelSuite(const RunOptions& options) {
       {"model/zeropage_read/anon4k", AnonCase::kZeropageRead},
       {"model/anon_write/anon4k", AnonCase::kAnonWrite},
       {"model/write_after_zeropage/anon4k", AnonCase::kWriteAfterZeropage},
-      {"model/cow_copy/anon4k", AnonCase::kCowCopy},
-      {"model/cow_reuse/anon4k", AnonCase::kCowReuse},
   };
   for (const auto& [name, which] : anon_cases) {
     add(name, fault_ops, [which, sizes](benchmark::State& st) { RunAnonCase(st, which, sizes); });
@@ -1775,34 +1836,7 @@ void RegisterModelSuite(const RunOptions& options) {
   add("model/uffd_wp/unprotect", wp_ops,
       [sizes](benchmark::State& st) { RunUffdWp(st, false, sizes); });
 
-  const std::pair<const char*, ForkMode> fork_modes[] = {
-      {"classic", ForkMode::kClassic},
-      {"cow_pte_eager", ForkMode::kCowPteEager},
-      {"cow_pte_lazy", ForkMode::kCowPteLazy},
-  };
-  for (const auto& [name, mode] : fork_modes) {
-    for (const long mib : sizes.fork_mib) {
-      const int forks = ForksFor(mib);
-      const bool largest = mib == sizes.fork_mib.back();
-      add(std::string("model/fork/") + name, forks,
-          [mode, mib, forks, largest](benchmark::State& st) {
-            RunFork(st, mode, mib, forks, largest);
-          })
-          ->Arg(mib)
-          ->ArgNames({"rss_mib"});
-    }
-  }
-
-  const double break_ops = static_cast<double>(sizes.break_tables) * sizes.break_rounds;
-  const std::pair<const char*, BreakCase> break_cases[] = {
-      {"model/cow_pte_break/reuse", BreakCase::kReuse},
-      {"model/cow_pte_break/copy_eager", BreakCase::kCopyEager},
-      {"model/cow_pte_break/copy_lazy", BreakCase::kCopyLazy},
-  };
-  for (const auto& [name, which] : break_cases) {
-    add(name, break_ops,
-        [which, sizes](benchmark::State& st) { RunCowPteBreak(st, which, sizes); });
-  }
+  AddForkCases(add, sizes);
 
   add("model/migrate/anon4k", fault_ops, [sizes](benchmark::State& st) { RunMigrate(st, sizes); });
   add("model/numa_hint/restore", fault_ops,

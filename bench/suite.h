@@ -20,10 +20,12 @@ class Topology;
 // What `faultlab run` was asked for, after validation.
 struct RunOptions {
   bool quick = false;
+  std::vector<std::string> suites;       // the suites this run registers, in order
   const Topology* topology = nullptr;    // the machine's, loaded once by the CLI
   std::vector<int> cpus;                 // CPUs benchmark threads are pinned to, in order
   std::optional<int> node;               // NUMA node memory is bound to (nullopt: no binding)
   std::vector<std::string> counters;     // perf event names
+  std::optional<int> cow_pte_prctl;      // the COW-PTE series' prctl number, if the user gave it
 };
 
 // The options of the current run; suites and the harness read them.

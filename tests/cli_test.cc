@@ -128,6 +128,9 @@ TEST(Cli, BadInputGetsOneLineAndExitCodeTwoAndWritesNothing) {
       {"run", "--benchmark_min_time=1"},
       {"run", "--benchmark_enable_random_interleaving=maybe"},
       {"run", "--benchmark_context=no-equals-sign"},
+      {"run", "--suite", "fork", "--cow-pte-prctl", "sixty-five"},
+      {"run", "--suite", "fork", "--cow-pte-prctl", "-65"},
+      {"run", "--suite", "model", "--cow-pte-prctl", "65"},
       {"frobnicate"},
   };
   for (std::vector<std::string> args : bad) {
