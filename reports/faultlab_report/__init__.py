@@ -1,0 +1,8 @@
+"""faultlab's report writers in Python: they read a run's results.json (never console text) and
+write charts, CSV and a plain-text summary beside it.
+
+- results: load results.json, one aggregated row per benchmark, figures with their spread
+  across repetitions, and writing a report's files so that none is ever half-written.
+- charts: the shared matplotlib style and chart helpers (byte-identical SVG for the same input).
+- fork: `faultlab report fork`, the fork suite against the model's fork and COW-PTE.
+"""

@@ -1,0 +1,132 @@
+"""The charts every faultlab report draws, in one style: line charts of series with their spread,
+called-out points and footnotes, saved as SVG whose text stays text and whose bytes depend only
+on the input (fixed hash salt, no date), so a report can be diffed and tested.
+
+Use:
+    chart = line_chart([Series("kernel anon4k", x, y, low=..., high=...)], title=..., ...)
+    data = svg_bytes(chart)
+"""
+
+import io
+import textwrap
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here; SVG and PNG only
+
+from matplotlib.figure import Figure  # noqa: E402 (after the backend is chosen)
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+# matplotlib settings every chart is drawn and saved with.
+STYLE = {
+    # Text stays <text> in the SVG: searchable, and the tests read legend labels from it.
+    "svg.fonttype": "none",
+    # Element ids are hashed with this salt; a fixed salt gives byte-identical SVG.
+    "svg.hashsalt": "faultlab",
+    # DejaVu Sans ships with matplotlib's Debian package (fonts-dejavu-core).
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "axes.grid.which": "both",
+    "grid.alpha": 0.3,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 4,
+}
+
+# Footnotes are wrapped to this many characters a line (fits the default chart width).
+NOTE_WIDTH = 150
+
+
+@dataclass
+class Series:
+    """One line: points (x, y), optionally the spread at each point as its low and high ends."""
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    low: Optional[Sequence[float]] = None
+    high: Optional[Sequence[float]] = None
+    color: Optional[str] = None
+    dashed: bool = False
+    markers: bool = True
+
+
+@dataclass
+class Mark:
+    """A point to call out, with a short text beside it."""
+    x: float
+    y: float
+    text: str
+
+
+@contextmanager
+def style():
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def plain_number(value, _position=None):
+    """Tick labels as plain numbers (0.5, 10, 256), not powers of ten."""
+    return f"{value:g}"
+
+
+def line_chart(series, *, title, x_label, y_label, log_x=False, log_y=False, x_ticks=None,
+               y_min=None, marks=(), notes=(), size=(10, 5.5)):
+    """A figure with one line per series (spread drawn as error bars), a legend right of the
+    axes, called-out marks, and footnotes below the axes."""
+    with style():
+        figure = Figure(figsize=size)
+        axes = figure.add_subplot()
+        for line in series:
+            spread = None
+            if line.low is not None and line.high is not None:
+                spread = [[y - low for y, low in zip(line.y, line.low)],
+                          [high - y for y, high in zip(line.y, line.high)]]
+            axes.errorbar(line.x, line.y, yerr=spread, label=line.label, color=line.color,
+                          linestyle="--" if line.dashed else "-",
+                          marker="o" if line.markers else None, capsize=2, elinewidth=0.8)
+        for mark in marks:
+            axes.plot([mark.x], [mark.y], marker="X", markersize=8, color="black",
+                      linestyle="none")
+            axes.annotate(mark.text, (mark.x, mark.y), xytext=(8, 8), textcoords="offset points",
+                          fontsize=8)
+        if log_x:
+            axes.set_xscale("log")
+        if log_y:
+            axes.set_yscale("log")
+        for axis, is_log in ((axes.xaxis, log_x), (axes.yaxis, log_y)):
+            if is_log:
+                axis.set_major_formatter(FuncFormatter(plain_number))
+                axis.set_minor_formatter(NullFormatter())
+        if x_ticks:
+            axes.set_xticks(list(x_ticks))
+            axes.xaxis.set_major_formatter(FuncFormatter(plain_number))
+        if y_min is not None:
+            axes.set_ylim(bottom=y_min)
+        axes.set_title(title)
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(y_label)
+        if series:
+            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        if notes:
+            wrapped = [textwrap.fill(note, NOTE_WIDTH, subsequent_indent="  ",
+                                     break_on_hyphens=False, break_long_words=False)
+                       for note in notes]
+            # Below the x axis label, in points from the axes' bottom left corner.
+            axes.annotate("\n".join(wrapped), xy=(0, 0), xycoords="axes fraction",
+                          xytext=(-40, -40), textcoords="offset points", va="top", ha="left",
+                          fontsize=7.5, color="#333333")
+        return figure
+
+
+def svg_bytes(figure):
+    """The figure as SVG; the same figure gives the same bytes (no date, fixed hash salt)."""
+    buffer = io.BytesIO()
+    with style():
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    return buffer.getvalue()
