@@ -75,10 +75,11 @@ def plain_number(value, _position=None):
     return f"{value:g}"
 
 
-def line_chart(series, *, title, x_label, y_label, log_x=False, log_y=False, x_ticks=None,
-               y_min=None, marks=(), notes=(), size=(10, 5.5)):
+def line_chart(series, *, title, x_label, y_label, log_x=False, symlog_x=False, log_y=False,
+               x_ticks=None, y_min=None, marks=(), notes=(), size=(10, 5.5)):
     """A figure with one line per series (spread drawn as error bars), a legend right of the
-    axes, called-out marks, and footnotes below the axes."""
+    axes, called-out marks, and footnotes below the axes. symlog_x: linear from 0 to 1, log
+    beyond (counts that start at zero)."""
     with style():
         figure = Figure(figsize=size)
         axes = figure.add_subplot()
@@ -97,6 +98,8 @@ def line_chart(series, *, title, x_label, y_label, log_x=False, log_y=False, x_t
                           fontsize=8)
         if log_x:
             axes.set_xscale("log")
+        if symlog_x:
+            axes.set_xscale("symlog", linthresh=1, linscale=0.5)
         if log_y:
             axes.set_yscale("log")
         for axis, is_log in ((axes.xaxis, log_x), (axes.yaxis, log_y)):

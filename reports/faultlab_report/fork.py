@@ -430,7 +430,7 @@ def write_cost_chart(run, costs):
     # distant points would not be the linear cost.
     ks = [0, 1] + list(range(1, PAGES_PER_REGION + 1))
     series = [charts.Series(cost.legend(), x=ks,
-                            y=[cost.cost_ns(0) / 1e3] + [cost.cost_ns(k) / 1e3 for k in ks[1:]],
+                            y=[cost.cost_ns(0) / 1e3] * 2 + [cost.cost_ns(k) / 1e3 for k in ks[2:]],
                             color=cost.line.color, dashed=cost.line.dashed, markers=False)
               for cost in costs]
     marks, break_even_notes = [], []
@@ -480,8 +480,10 @@ def write_cost_chart(run, costs):
     chart = charts.line_chart(
         series, title="Cost of a 2 MiB region: fork's share plus the 4 KiB pages written after "
                       f"fork\n{run.machine()}",
-        x_label="4 KiB pages written after fork in the 2 MiB region (k)",
+        x_label="4 KiB pages written after fork in the 2 MiB region (k, log scale above 1)",
         y_label=f"cost per 2 MiB region (µs{', log scale' if log_y else ''})", log_y=log_y,
+        # The step at the first write and the lines after it are what matters; log k shows both.
+        symlog_x=True, x_ticks=[0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
         marks=marks, notes=notes)
     return charts.svg_bytes(chart)
 
