@@ -12,18 +12,22 @@
 // child and the time blocked in waitpid (platform.md). A benchmark maps and populates its region
 // once per repetition (Setup-like work stays outside every stamp), checks its premise through
 // pagemap and smaps (mm_probe.h), forks once untimed as warm-up, then measures a fixed number of
-// forks (Iterations), and reports the per-fork figures as counters. Counters are a perf group with
-// inherit, read before the fork and after the child is reaped, so they include the child.
+// forks (Iterations), and reports the per-fork figures as counters. The perf counters count the
+// parent (read before the fork and after the child is reaped); the child's faults, context
+// switches and CPU time are its rusage (child_page_faults, child_context_switches, child_cpu_ns).
+// faultlab keeps its own process small for these forks: hwloc's I/O plugins are not loaded
+// (main.cc) and the binary is linked with -z now, so a child does not resolve _exit lazily
+// (about 19 faults of its own). What remains of faultlab's own fork cost (its ~100 mappings) is
+// the same at every size: fork/latency_floor/fork_rss0 measures it.
+//
+// The region, the premise checks and the timed fork itself are in fork_probe.h, where tests
+// drive them; this file holds the benchmarks, their measuring and reporting, and the COW-PTE host.
 
 #include <fcntl.h>
-#include <linux/mman.h>
 #include <sched.h>
-#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,12 +37,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <emmintrin.h>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
-#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -47,6 +49,7 @@
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/fork_probe.h"
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
@@ -56,259 +59,18 @@
 #include "bench/tsc_clock.h"
 #include "topology/hugetlb.h"
 
-extern char** environ;
-
 namespace faultlab {
 namespace {
 
-enum class Backing { kAnon4K, kThp, kHugetlb2M, kShmem, kFileRo };
-
-struct BackingKind {
-  Backing backing;
-  const char* name;     // the benchmark name's backing component
-  std::size_t page;     // the page size the kernel should map it with
-  std::vector<Feature> needs;
-};
-
-const std::vector<BackingKind>& BackingKinds() {
-  static const std::vector<BackingKind> kinds = {
-      {Backing::kAnon4K, "anon4k", kPage4K, {}},
-      {Backing::kThp, "thp", kPage2M, {Feature::kThp}},
-      {Backing::kHugetlb2M, "hugetlb2m", kPage2M, {Feature::kHugetlb2M}},
-      {Backing::kShmem, "shmem", kPage4K, {Feature::kMemfd}},
-      {Backing::kFileRo, "file_ro", kPage4K, {}},
-  };
-  return kinds;
-}
-
-const BackingKind& KindOf(Backing backing) {
-  for (const BackingKind& kind : BackingKinds()) {
-    if (kind.backing == backing) return kind;
-  }
-  std::abort();
-}
-
 // What a latency benchmark does to the parent besides its region.
 enum class Variant { kPlain, kDontFork, kWipeOnFork, kThreads, kCowPte };
-// How the child is made: fork(), or a floor that does not copy the parent's mm.
-enum class Spawn { kFork, kVfork, kPosixSpawn };
 // Whose write a write_after_fork benchmark times.
 enum class Writer { kParentWhileChild, kChild, kParentAfterExit };
 
 constexpr int kExtraThreads = 3;
 // The prctl number the COW-PTE series used, which mainline kernels (6.3+) gave to PR_SET_MDWE.
 constexpr int kPrSetMdwe = 65;
-constexpr std::size_t kCowPteProbeBytes = 16ul << 20;
 
-std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-// The parent's region: mapped, populated by writes (file_ro: by reads of a file it wrote), and
-// unmapped at the end of the repetition.
-class Region {
- public:
-  Region() = default;
-  Region(const Region&) = delete;
-  Region& operator=(const Region&) = delete;
-  ~Region() {
-    if (reservation_) munmap(reservation_, reservation_bytes_);
-    else if (base_) munmap(base_, bytes_);
-    if (fd_ >= 0) close(fd_);
-  }
-
-  // Empty on success, else why the region could not be had.
-  std::string Map(Backing backing, std::size_t bytes) {
-    bytes_ = bytes;
-    switch (backing) {
-      case Backing::kAnon4K:
-        if (std::string e = MapFenced(kPage4K); !e.empty()) return e;
-        // EINVAL: a kernel without THP, which has no huge pages to avoid anyway.
-        if (madvise(base_, bytes, MADV_NOHUGEPAGE) != 0 && errno != EINVAL) {
-          return Errno("madvise(MADV_NOHUGEPAGE)");
-        }
-        break;
-      case Backing::kThp:
-        // 2 MiB aligned so every 2 MiB of the region can be one huge page.
-        if (std::string e = MapFenced(kPage2M); !e.empty()) return e;
-        if (madvise(base_, bytes, MADV_HUGEPAGE) != 0) return Errno("madvise(MADV_HUGEPAGE)");
-        break;
-      case Backing::kHugetlb2M: {
-        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
-        if (p == MAP_FAILED) return Errno("mmap(MAP_HUGETLB)");
-        base_ = p;
-        break;
-      }
-      case Backing::kShmem: {
-        fd_ = memfd_create("faultlab-fork", MFD_CLOEXEC);
-        if (fd_ < 0) return Errno("memfd_create");
-        if (ftruncate(fd_, static_cast<off_t>(bytes)) != 0) return Errno("ftruncate");
-        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-        if (p == MAP_FAILED) return Errno("mmap(memfd)");
-        base_ = p;
-        // Keep shmem at 4 KiB pages (shmem_enabled may allow huge ones): the sweep is per page.
-        if (madvise(base_, bytes, MADV_NOHUGEPAGE) != 0 && errno != EINVAL) {
-          return Errno("madvise(MADV_NOHUGEPAGE)");
-        }
-        break;
-      }
-      case Backing::kFileRo:
-        return MapFile();
-    }
-    // Written, so every page is present and private pages are the parent's own before fork.
-    for (std::size_t off = 0; off < bytes; off += kPage4K) static_cast<volatile char*>(base_)[off] = 1;
-    return {};
-  }
-
-  char* base() const { return static_cast<char*>(base_); }
-  std::size_t bytes() const { return bytes_; }
-
- private:
-  // Anonymous memory between PROT_NONE guards so the kernel cannot merge it with a neighbour
-  // and smaps describes this region alone.
-  std::string MapFenced(std::size_t align) {
-    reservation_bytes_ = bytes_ + 2 * align + kPage4K;
-    void* p = mmap(nullptr, reservation_bytes_, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) return Errno("mmap");
-    reservation_ = p;
-    const auto after_guard = reinterpret_cast<uintptr_t>(p) + kPage4K;
-    base_ = reinterpret_cast<void*>((after_guard + align - 1) & ~(align - 1));
-    if (mprotect(base_, bytes_, PROT_READ | PROT_WRITE) != 0) return Errno("mprotect");
-    return {};
-  }
-
-  // A file of the region's size in a fresh temp dir, unlinked at once (nothing is left behind if
-  // the run dies), mapped private and read-only, and read-faulted page by page: page cache pages
-  // mapped into the parent, with no anon_vma, so fork copies no page tables for it.
-  std::string MapFile() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/faultlab-fork-XXXXXX";
-    if (!mkdtemp(dir.data())) return Errno("mkdtemp");
-    const std::string path = dir + "/region";
-    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    const int open_errno = errno;
-    unlink(path.c_str());
-    rmdir(dir.c_str());
-    if (fd_ < 0) {
-      errno = open_errno;
-      return Errno("open of the temp file");
-    }
-    std::vector<char> chunk(1 << 20, 'f');
-    for (std::size_t done = 0; done < bytes_;) {
-      const ssize_t n = write(fd_, chunk.data(), std::min(chunk.size(), bytes_ - done));
-      if (n <= 0) return Errno("write of the temp file");
-      done += static_cast<std::size_t>(n);
-    }
-    void* p = mmap(nullptr, bytes_, PROT_READ, MAP_PRIVATE, fd_, 0);
-    if (p == MAP_FAILED) return Errno("mmap(file)");
-    base_ = p;
-    unsigned sum = 0;
-    for (std::size_t off = 0; off < bytes_; off += kPage4K) {
-      sum += static_cast<volatile char*>(base_)[off];
-    }
-    benchmark::DoNotOptimize(sum);
-    return {};
-  }
-
-  void* base_ = nullptr;
-  std::size_t bytes_ = 0;
-  void* reservation_ = nullptr;
-  std::size_t reservation_bytes_ = 0;
-  int fd_ = -1;
-};
-
-// Every page present, and mapped with the page size the backing claims; empty if so.
-std::string CheckPremise(Backing backing, const Region& region) {
-  const long kb = static_cast<long>(region.bytes() / 1024);
-  const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
-  if (pagemap.empty()) return "cannot read /proc/self/pagemap";
-  if (CountPresent(pagemap) != pagemap.size()) {
-    return "only " + std::to_string(CountPresent(pagemap)) + " of " +
-           std::to_string(pagemap.size()) + " pages present before fork";
-  }
-  std::map<std::string, long> smaps = SmapsOf(region.base());
-  auto field = [&](const char* name) { return smaps.count(name) ? smaps[name] : -1; };
-  switch (backing) {
-    case Backing::kAnon4K:
-      if (field("AnonHugePages") != 0) {
-        return "4 KiB case got huge pages (AnonHugePages " +
-               std::to_string(field("AnonHugePages")) + " kB) despite MADV_NOHUGEPAGE";
-      }
-      break;
-    case Backing::kThp:
-      if (field("AnonHugePages") != kb) {
-        return "THP not granted: AnonHugePages " + std::to_string(field("AnonHugePages")) +
-               " of " + std::to_string(kb) + " kB (memory fragmented, or THP defrag off?)";
-      }
-      break;
-    case Backing::kHugetlb2M:
-      if (field("KernelPageSize") != 2048 || field("Private_Hugetlb") != kb) {
-        return "hugetlb mapping is not what was asked: KernelPageSize " +
-               std::to_string(field("KernelPageSize")) + " kB, Private_Hugetlb " +
-               std::to_string(field("Private_Hugetlb")) + " kB";
-      }
-      break;
-    case Backing::kShmem:
-      if (field("ShmemPmdMapped") > 0) {
-        return "shmem mapped huge pages (ShmemPmdMapped " +
-               std::to_string(field("ShmemPmdMapped")) + " kB)";
-      }
-      [[fallthrough]];
-    case Backing::kFileRo:
-      if (field("Rss") != kb) {
-        return "Rss " + std::to_string(field("Rss")) + " kB, expected " + std::to_string(kb);
-      }
-      break;
-  }
-  return {};
-}
-
-// VmPTE of /proc/<pid>/status in kB (pid 0: this process); -1 if unreadable.
-long VmPteKb(pid_t pid) {
-  std::ifstream in(pid == 0 ? std::string("/proc/self/status")
-                            : "/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmPTE:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  }
-  return -1;
-}
-
-// What the child writes for the parent: its first TSC stamp, and for child_write its samples.
-struct alignas(64) SharedPage {
-  std::atomic<uint64_t> child_stamp{0};
-  std::atomic<int> go{0};          // child_write: the parent's signal that it is done forking
-  std::atomic<int> child_done{0};
-  double child_counters[64];
-  std::size_t child_counter_count = 0;
-  long child_thp_kb = -1;          // child_write, thp: the child's AnonHugePages after its writes
-  char child_error[200] = {};
-  // followed by per-page ticks (child_write)
-};
-
-class SharedArea {
- public:
-  explicit SharedArea(std::size_t extra) {
-    bytes_ = sizeof(SharedPage) + extra;
-    void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED) {
-      base_ = p;
-      page_ = new (p) SharedPage();
-    }
-  }
-  ~SharedArea() {
-    if (base_) munmap(base_, bytes_);
-  }
-  SharedArea(const SharedArea&) = delete;
-  SharedArea& operator=(const SharedArea&) = delete;
-  SharedPage* page() const { return page_; }
-  uint64_t* ticks() const { return reinterpret_cast<uint64_t*>(page_ + 1); }
-
- private:
-  void* base_ = nullptr;
-  std::size_t bytes_ = 0;
-  SharedPage* page_ = nullptr;
-};
 
 // The parent may run its child on another of the run's CPUs: a parent pinned to one CPU would
 // make the child wait for the parent to block, which is not what a user's fork does. The main
@@ -377,149 +139,9 @@ class IdleThreads {
   std::vector<std::thread> threads_;
 };
 
-// Waits for the child's stamp, spinning (a futex wake-up would add scheduler latency to
-// child_runs_ns and to the start of exit_wait_ns) and yielding now and then in case the child
-// shares this CPU. A spinning parent is a parent that goes on working after fork, so the child
-// runs when the scheduler finds it a CPU: on an idle machine the other one (fork balancing),
-// on a loaded one after a wait that child_runs_ns shows. Returns false, with the child reaped and *status set, if the child died first.
-bool WaitForStamp(const SharedPage* page, pid_t pid, int* status) {
-  const double deadline = MonotonicNs() + 30e9;
-  for (unsigned spins = 1; page->child_stamp.load(std::memory_order_acquire) == 0; ++spins) {
-    if (spins % 256 != 0) {
-      _mm_pause();
-      continue;
-    }
-    sched_yield();
-    if (spins % 4096 == 0) {
-      // WNOWAIT: a child that stamped and exited between the load above and this check must
-      // stay unreaped, so the caller can still time its waitpid.
-      siginfo_t info{};
-      if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-          info.si_pid == pid) {
-        if (page->child_stamp.load(std::memory_order_acquire) != 0) return true;
-        waitpid(pid, status, 0);
-        return false;
-      }
-      if (MonotonicNs() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, status, 0);
-        return false;
-      }
-    }
-  }
-  return true;
-}
-
-// The figures of one timed fork, in ns.
-struct ForkSample {
-  double fork_ns = 0, child_runs_ns = 0, exit_wait_ns = 0;
-};
-
-// One fork (or floor) with the child stamping and exiting at once. Empty on success.
-//   fork_ns:       just before fork() .. fork() returning in the parent
-//   child_runs_ns: just before fork() .. the child's first instruction after fork (its stamp)
-//   exit_wait_ns:  the parent seeing the stamp .. waitpid returning (the child's _exit(0), which
-//                  tears down its copy of the page tables, and the reaping)
-// vfork: the parent resumes only once the child has released the mm (its _exit), so fork_ns
-// holds the child's whole life. posix_spawn of /bin/true: the exec of the program and its run
-// are included (glibc's posix_spawn returns once the exec succeeded, and waitpid waits for
-// /bin/true to finish); there is no stamp from the child, so child_runs_ns is not measured.
-std::string TimedFork(Spawn spawn, SharedPage* page, ForkSample* sample) {
-  const double ns_per_tick = TscNsPerTick();
-  page->child_stamp.store(0, std::memory_order_relaxed);
-  int status = 0;
-  pid_t pid = -1;
-  uint64_t t_after = 0, t_seen = 0;
-  const uint64_t t_before = TscNow();
-  switch (spawn) {
-    case Spawn::kFork:
-      pid = fork();
-      if (pid == 0) {
-        page->child_stamp.store(TscNow(), std::memory_order_release);
-        _exit(0);
-      }
-      t_after = TscNow();
-      if (pid < 0) return Errno("fork");
-      if (!WaitForStamp(page, pid, &status)) {
-        return "the child died before it stamped (status " + std::to_string(status) + ")";
-      }
-      t_seen = TscNow();
-      break;
-    case Spawn::kVfork:
-      pid = vfork();
-      if (pid == 0) {
-        page->child_stamp.store(TscNow(), std::memory_order_release);
-        _exit(0);
-      }
-      t_after = TscNow();
-      if (pid < 0) return Errno("vfork");
-      t_seen = t_after;
-      break;
-    case Spawn::kPosixSpawn: {
-      char arg0[] = "/bin/true";
-      char* argv[] = {arg0, nullptr};
-      const int rc = posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ);
-      t_after = TscNow();
-      if (rc != 0) {
-        errno = rc;
-        return Errno("posix_spawn(/bin/true)");
-      }
-      t_seen = t_after;
-      break;
-    }
-  }
-  if (waitpid(pid, &status, 0) != pid) return Errno("waitpid");
-  const uint64_t t_reaped = TscNow();
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return "the child did not exit 0 (status " + std::to_string(status) + ")";
-  }
-  const uint64_t stamp = page->child_stamp.load(std::memory_order_acquire);
-  if (spawn != Spawn::kPosixSpawn && stamp == 0) return "the child never stamped: it did not run";
-  sample->fork_ns = static_cast<double>(t_after - t_before) * ns_per_tick;
-  sample->child_runs_ns =
-      spawn == Spawn::kPosixSpawn ? 0 : static_cast<double>(stamp - t_before) * ns_per_tick;
-  sample->exit_wait_ns = static_cast<double>(t_reaped - t_seen) * ns_per_tick;
-  return {};
-}
-
-// One untimed fork whose child stamps and then blocks on a pipe until the parent has read both
-// VmPTE values: the child's page tables exist only while it lives, and a child that waits would
-// spoil exit_wait_ns, so this fork is kept apart from the timed ones.
-std::string MeasureVmPte(SharedPage* page, long* parent_kb, long* child_kb) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
-  page->child_stamp.store(0, std::memory_order_relaxed);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[1]);
-    page->child_stamp.store(TscNow(), std::memory_order_release);
-    char c;
-    while (read(fds[0], &c, 1) < 0 && errno == EINTR) {
-    }
-    _exit(0);
-  }
-  close(fds[0]);
-  if (pid < 0) {
-    close(fds[1]);
-    return Errno("fork");
-  }
-  int status = 0;
-  if (!WaitForStamp(page, pid, &status)) {
-    close(fds[1]);
-    return "the VmPTE child died before it stamped";
-  }
-  *parent_kb = VmPteKb(0);
-  *child_kb = VmPteKb(pid);
-  close(fds[1]);  // EOF: the child's read returns and it exits
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "the VmPTE child did not exit 0";
-  if (*parent_kb < 0 || *child_kb < 0) return "cannot read VmPTE from /proc/<pid>/status";
-  return {};
-}
-
 // Why this backing cannot run here (hugetlb_pages: the 2 MiB pages it needs); empty if it can.
 std::string WhyBackingCannotRun(const BackingKind& kind, long hugetlb_pages) {
-  return WhyCannotRun(kind.needs, kind.backing == Backing::kHugetlb2M ? kPage2M : 0,
+  return WhyCannotRun(kind.needs, kind.backing == ForkBacking::kHugetlb2M ? kPage2M : 0,
                       hugetlb_pages, CurrentRunOptions().node.value_or(-1))
       .value_or("");
 }
@@ -554,19 +176,6 @@ void Report(benchmark::State& state, const BackingKind& kind, const std::string&
   for (auto _ : state) {
   }
   state.SetIterationTime(seconds);
-}
-
-// How many kB of page tables a child forked now goes without: the parent's VmPTE less the
-// child's, with a populated 16 MiB region of 4 KiB pages (32 kB of PTE tables) mapped for it.
-std::string TablesWithheldFromChildKb(long* kb) {
-  SharedArea shared(0);
-  if (!shared.page()) return Errno("mmap of the shared page");
-  Region probe;
-  if (std::string e = probe.Map(Backing::kAnon4K, kCowPteProbeBytes); !e.empty()) return e;
-  long parent_kb = 0, child_kb = 0;
-  if (std::string e = MeasureVmPte(shared.page(), &parent_kb, &child_kb); !e.empty()) return e;
-  *kb = parent_kb - child_kb;
-  return {};
 }
 
 // The COW-PTE series (never merged) turns page-table sharing on for a process with a prctl whose
@@ -652,15 +261,17 @@ Measurement InCowPteHost(int prctl_number, const std::function<Measurement()>& m
 // child exiting at once. The samples (the time column) are fork_ns + exit_wait_ns per fork: what
 // a user of fork+exit+wait feels in the parent. child_runs_ns is beside it; the parent's spin
 // between fork returning and seeing the stamp is in neither.
-Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int forks,
+Measurement MeasureLatency(ForkBacking backing, Variant variant, Spawn spawn, int forks,
                            std::size_t bytes) {
   Measurement m;
   std::string& error = m.error;
   Region region;
   SharedArea shared(0);
   if (!shared.page()) error = Errno("mmap of the shared page");
-  if (error.empty()) error = region.Map(backing, bytes);
-  if (error.empty()) error = CheckPremise(backing, region);
+  // bytes 0: the floor of a fork of faultlab's own process, with no region.
+  const bool has_region = bytes > 0;
+  if (error.empty() && has_region) error = region.Map(backing, bytes);
+  if (error.empty() && has_region) error = CheckPremise(backing, region);
   if (error.empty() && variant == Variant::kDontFork &&
       madvise(region.base(), bytes, MADV_DONTFORK) != 0) {
     error = Errno("madvise(MADV_DONTFORK)");
@@ -676,16 +287,27 @@ Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int fo
   if (error.empty() && spawn == Spawn::kFork) error = MeasureVmPte(shared.page(), &parent_pte, &child_pte);
   // The region's own page tables: one 4 KiB table per 2 MiB of 4 KiB pages. A child with
   // MADV_DONTFORK or MADV_WIPEONFORK must not have got them: the premise of those variants.
-  const long region_pte_kb = backing == Backing::kAnon4K ? static_cast<long>(bytes / kPage2M * 4) : 0;
+  const long region_pte_kb =
+      backing == ForkBacking::kAnon4K ? static_cast<long>(bytes / kPage2M * 4) : 0;
   if (error.empty() && (variant == Variant::kDontFork || variant == Variant::kWipeOnFork) &&
       parent_pte - child_pte < region_pte_kb / 2) {
     error = "the child still got the region's page tables (VmPTE parent " +
             std::to_string(parent_pte) + " kB, child " + std::to_string(child_pte) + " kB)";
   }
 
-  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/true);
+  // The counters count the parent only. Inherited counters would be copied into every child at
+  // fork and torn down at its exit: 50-140 us of the fork being measured here (each inherited
+  // tracepoint scans the list of trace events). The child's faults, context switches and CPU
+  // time come from wait4 instead.
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
   m.totals.names = group.names();
-  std::vector<double> fork_ns, runs_ns, exit_ns;
+  // Reserved: a vector growing after a fork would take COW faults on the heap the fork
+  // write-protected, counted as the parent's.
+  std::vector<double> fork_ns, runs_ns, exit_ns, child_faults, child_switches, child_cpu_ns;
+  for (auto* v : {&fork_ns, &runs_ns, &exit_ns, &child_faults, &child_switches, &child_cpu_ns,
+                  &m.samples_ns}) {
+    v->reserve(static_cast<std::size_t>(forks));
+  }
   ForkSample warm;
   // One untimed fork first: the first fork after populating write-protects every PTE of the
   // parent, later ones find them write-protected; the steady state is what repeats.
@@ -694,14 +316,17 @@ Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int fo
     ForkSample s;
     const std::vector<double> before = group.Read();
     error = TimedFork(spawn, shared.page(), &s);
-    m.totals.Add(before, group.Read());  // after waitpid: the child's counts are in
+    m.totals.Add(before, group.Read());
     fork_ns.push_back(s.fork_ns);
     runs_ns.push_back(s.child_runs_ns);
     exit_ns.push_back(s.exit_wait_ns);
+    child_faults.push_back(s.child_faults);
+    child_switches.push_back(s.child_context_switches);
+    child_cpu_ns.push_back(s.child_cpu_ns);
     m.samples_ns.push_back(s.fork_ns + s.exit_wait_ns);
   }
   // DAMON's pageout may drop file pages during the run: the figures hold only if they stayed.
-  if (error.empty()) error = CheckPremise(backing, region);
+  if (error.empty() && has_region) error = CheckPremise(backing, region);
   if (!error.empty()) return m;
   auto mean = [&](const std::vector<double>& v) {
     double sum = 0;
@@ -712,6 +337,9 @@ Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int fo
   if (spawn != Spawn::kPosixSpawn) m.figures["child_runs_ns"] = mean(runs_ns);
   m.figures["exit_wait_ns"] = mean(exit_ns);
   m.figures["fork_p50_ns"] = Summarize(fork_ns).p50;
+  m.figures["child_page_faults"] = mean(child_faults);
+  m.figures["child_context_switches"] = mean(child_switches);
+  m.figures["child_cpu_ns"] = mean(child_cpu_ns);
   m.figures["first_round_ns"] = warm.fork_ns + warm.exit_wait_ns;
   // VmPTE counts every page table of the process (faultlab's own are the ~80 kB baseline a
   // DONTFORK child shows). THP regions count too: the kernel deposits one PTE table per huge PMD
@@ -725,7 +353,7 @@ Measurement MeasureLatency(Backing backing, Variant variant, Spawn spawn, int fo
   return m;
 }
 
-void RunLatency(benchmark::State& state, Backing backing, Variant variant, Spawn spawn,
+void RunLatency(benchmark::State& state, ForkBacking backing, Variant variant, Spawn spawn,
                 int forks) {
   const BackingKind& kind = KindOf(backing);
   const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
@@ -771,7 +399,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) void StampedWrite
 // writes: a region written in an earlier round would no longer be what it claims (a split THP,
 // pages the parent already owns). The samples are the writes of the measured rounds; round 0 is
 // first_round_ns (fresh frames in this VM).
-Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_t bytes) {
+Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::size_t bytes) {
   const BackingKind& kind = KindOf(backing);
   const std::size_t pages = bytes / kind.page;
   Measurement m;
@@ -815,7 +443,7 @@ Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_
         for (std::size_t i = 0; i < page->child_counter_count && i < before.size(); ++i) {
           page->child_counters[i] = after[i] - before[i];
         }
-        if (backing == Backing::kThp) {
+        if (backing == ForkBacking::kThp) {
           std::map<std::string, long> smaps = SmapsOf(region.base());
           page->child_thp_kb = smaps.count("AnonHugePages") ? smaps["AnonHugePages"] : -1;
         }
@@ -850,7 +478,7 @@ Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_
     close(fds[1]);
     if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       error = "the child did not exit 0 (status " + std::to_string(status) +
-              (backing == Backing::kHugetlb2M ? "; SIGBUS: no free hugetlb page for its copy?)"
+              (backing == ForkBacking::kHugetlb2M ? "; SIGBUS: no free hugetlb page for its copy?)"
                                               : ")");
       break;
     }
@@ -876,7 +504,7 @@ Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_
       StampedWrite(region.base(), kind.page, pages, ticks.data());
       if (r > 0) totals.Add(before, group.Read());
     }
-    if (backing == Backing::kThp && writer != Writer::kChild) {
+    if (backing == ForkBacking::kThp && writer != Writer::kChild) {
       std::map<std::string, long> smaps = SmapsOf(region.base());
       thp_kb_after = smaps.count("AnonHugePages") ? smaps["AnonHugePages"] : -1;
     }
@@ -896,11 +524,11 @@ Measurement MeasureWrites(Backing backing, Writer writer, int rounds, std::size_
                            static_cast<double>(kind.page / kPage4K);
   m.figures["pages"] = static_cast<double>(pages);
   // The writer's AnonHugePages after the last round's writes, of rss_mib * 1024 kB.
-  if (backing == Backing::kThp) m.figures["thp_kb_after"] = static_cast<double>(thp_kb_after);
+  if (backing == ForkBacking::kThp) m.figures["thp_kb_after"] = static_cast<double>(thp_kb_after);
   return m;
 }
 
-void RunWriteAfterFork(benchmark::State& state, Backing backing, Writer writer, int rounds,
+void RunWriteAfterFork(benchmark::State& state, ForkBacking backing, Writer writer, int rounds,
                        bool cow_pte) {
   const BackingKind& kind = KindOf(backing);
   const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
@@ -958,7 +586,7 @@ void RegisterForkSuite(const RunOptions& options) {
   for (const BackingKind& kind : BackingKinds()) {
     for (long mib : SweepMib(options.quick, kind)) {
       const int forks = ForksFor(mib);
-      const Backing b = kind.backing;
+      const ForkBacking b = kind.backing;
       add(std::string("fork/latency/") + kind.name, {mib}, {"rss_mib"}, forks,
           [b, forks](benchmark::State& st) { RunLatency(st, b, Variant::kPlain, Spawn::kFork, forks); });
     }
@@ -980,18 +608,23 @@ void RegisterForkSuite(const RunOptions& options) {
     }
     add(std::string("fork/") + v.name + "/anon4k", args, names, vforks,
         [variant, vforks](benchmark::State& st) {
-          RunLatency(st, Backing::kAnon4K, variant, Spawn::kFork, vforks);
+          RunLatency(st, ForkBacking::kAnon4K, variant, Spawn::kFork, vforks);
         });
   }
-  // Floors: neither copies the parent's mm, so their cost should not depend on rss_mib.
+  // Floors. fork with no region: what a fork of faultlab's own process costs, in every size of
+  // the sweep. vfork and posix_spawn do not copy the parent's mm, so their cost should not depend
+  // on rss_mib.
   const int floor_forks = 128;
+  add("fork/latency_floor/fork", {0}, {"rss_mib"}, floor_forks, [](benchmark::State& st) {
+    RunLatency(st, ForkBacking::kAnon4K, Variant::kPlain, Spawn::kFork, floor_forks);
+  });
   add("fork/latency_floor/vfork", {kVariantMib}, {"rss_mib"}, floor_forks,
       [](benchmark::State& st) {
-        RunLatency(st, Backing::kAnon4K, Variant::kPlain, Spawn::kVfork, floor_forks);
+        RunLatency(st, ForkBacking::kAnon4K, Variant::kPlain, Spawn::kVfork, floor_forks);
       });
   add("fork/latency_floor/posix_spawn", {kVariantMib}, {"rss_mib"}, floor_forks,
       [](benchmark::State& st) {
-        RunLatency(st, Backing::kAnon4K, Variant::kPlain, Spawn::kPosixSpawn, floor_forks);
+        RunLatency(st, ForkBacking::kAnon4K, Variant::kPlain, Spawn::kPosixSpawn, floor_forks);
       });
 
   const struct {
@@ -1002,7 +635,8 @@ void RegisterForkSuite(const RunOptions& options) {
                  {"parent_write_after_exit", Writer::kParentAfterExit}};
   const int rounds = options.quick ? 4 : 8;
   for (const auto& w : writers) {
-    for (Backing b : {Backing::kAnon4K, Backing::kThp, Backing::kHugetlb2M, Backing::kShmem}) {
+    for (ForkBacking b : {ForkBacking::kAnon4K, ForkBacking::kThp, ForkBacking::kHugetlb2M,
+                          ForkBacking::kShmem}) {
       const BackingKind& kind = KindOf(b);
       // 4 KiB: 4096 pages a round; 2 MiB: 32 pages a round (a copy is ~100x the work).
       const long mib = (kind.page == kPage2M ? 64 : 16) * (options.quick ? 1 : 4);
@@ -1018,11 +652,11 @@ void RegisterForkSuite(const RunOptions& options) {
   // The third real variant, only when the user names the COW-PTE prctl (see InCowPteHost):
   // the 4 KiB sweep and the parent's writes after fork, in a host process with the prctl set.
   if (options.cow_pte_prctl) {
-    const BackingKind& anon = KindOf(Backing::kAnon4K);
+    const BackingKind& anon = KindOf(ForkBacking::kAnon4K);
     for (long mib : SweepMib(options.quick, anon)) {
       const int forks = ForksFor(mib);
       add("fork/latency_cow_pte/anon4k", {mib}, {"rss_mib"}, forks, [forks](benchmark::State& st) {
-        RunLatency(st, Backing::kAnon4K, Variant::kCowPte, Spawn::kFork, forks);
+        RunLatency(st, ForkBacking::kAnon4K, Variant::kCowPte, Spawn::kFork, forks);
       });
     }
     const long mib = 16 * (options.quick ? 1 : 4);  // as the 4 KiB write cases above
@@ -1032,7 +666,7 @@ void RegisterForkSuite(const RunOptions& options) {
       const Writer writer = w.writer;
       add(std::string("fork/") + w.name + "_cow_pte/anon4k", {mib}, {"rss_mib"}, writes,
           [writer, rounds](benchmark::State& st) {
-            RunWriteAfterFork(st, Backing::kAnon4K, writer, rounds, /*cow_pte=*/true);
+            RunWriteAfterFork(st, ForkBacking::kAnon4K, writer, rounds, /*cow_pte=*/true);
           });
     }
   }
@@ -1048,7 +682,7 @@ void RegisterForkSuite(const RunOptions& options) {
 std::vector<SuiteVariant> ForkVariants() {
   std::vector<SuiteVariant> variants;
   for (const BackingKind& kind : BackingKinds()) {
-    const bool hugetlb = kind.backing == Backing::kHugetlb2M;
+    const bool hugetlb = kind.backing == ForkBacking::kHugetlb2M;
     // --quick's largest hugetlb need: the 256 MiB latency region (the write cases need 2 x 64).
     variants.push_back({kind.name, kind.needs, hugetlb ? kPage2M : 0,
                         hugetlb ? static_cast<long>((256ul << 20) / kPage2M) : 0});

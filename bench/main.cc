@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -725,6 +726,11 @@ int Restore() {
 
 int main(int argc, char** argv) {
   using namespace faultlab;
+  // hwloc would dlopen its GL, OpenCL, PCI and libxml2 plugins, and libX11, libicu, libOpenCL and
+  // more with them: some 90 mappings that every fork benchmark would copy and every child tear
+  // down (about 150 us of a 1 MiB fork here). faultlab reads no I/O devices, and hwloc writes
+  // topology.xml without libxml2 just as well. A user's own setting wins.
+  setenv("HWLOC_PLUGINS_BLACKLIST", "hwloc_gl,hwloc_opencl,hwloc_pci,hwloc_xml_libxml", 0);
   CLI::App app{"faultlab: benchmarks of the Linux page-fault fast paths"};
   app.require_subcommand(1);
 

@@ -91,7 +91,8 @@ LATENCY_LINES = (
 VARIANTS = (("latency_dontfork", "anon4k", "MADV_DONTFORK"),
             ("latency_wipeonfork", "anon4k", "MADV_WIPEONFORK"),
             ("latency_threads", "anon4k", "idle threads"))
-FLOORS = (("latency_floor", "vfork", "vfork"),
+FLOORS = (("latency_floor", "fork", "fork of faultlab's own process, no region"),
+          ("latency_floor", "vfork", "vfork"),
           ("latency_floor", "posix_spawn", "posix_spawn of /bin/true, exec included"))
 
 
