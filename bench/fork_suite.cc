@@ -353,19 +353,25 @@ Measurement MeasureLatency(ForkBacking backing, Variant variant, Spawn spawn, in
   return m;
 }
 
-void RunLatency(benchmark::State& state, ForkBacking backing, Variant variant, Spawn spawn,
-                int forks) {
-  const BackingKind& kind = KindOf(backing);
-  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+// Runs one benchmark: skips it if the backing cannot run here (hugetlb_pages: the 2 MiB pages it
+// needs), else measures it, in the COW-PTE host if asked, with the run's CPUs allowed.
+void RunMeasured(benchmark::State& state, const BackingKind& kind, long hugetlb_pages,
+                 bool cow_pte, const std::function<Measurement()>& measure) {
   ForkAffinity affinity;
   Measurement m;
-  m.error = WhyBackingCannotRun(kind, static_cast<long>(bytes / kPage2M));
+  m.error = WhyBackingCannotRun(kind, hugetlb_pages);
   if (m.error.empty()) {
-    auto measure = [&] { return MeasureLatency(backing, variant, spawn, forks, bytes); };
-    m = variant == Variant::kCowPte ? InCowPteHost(*CurrentRunOptions().cow_pte_prctl, measure)
-                                    : measure();
+    m = cow_pte ? InCowPteHost(*CurrentRunOptions().cow_pte_prctl, measure) : measure();
   }
   Report(state, kind, affinity.description(), std::move(m));
+}
+
+void RunLatency(benchmark::State& state, ForkBacking backing, Variant variant, Spawn spawn,
+                int forks) {
+  const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+  RunMeasured(state, KindOf(backing), static_cast<long>(bytes / kPage2M),
+              variant == Variant::kCowPte,
+              [&] { return MeasureLatency(backing, variant, spawn, forks, bytes); });
 }
 
 // Touches one byte of each page, stamping after each write (as fault_suite does): ticks[i] is
@@ -530,18 +536,11 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
 
 void RunWriteAfterFork(benchmark::State& state, ForkBacking backing, Writer writer, int rounds,
                        bool cow_pte) {
-  const BackingKind& kind = KindOf(backing);
   const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
-  ForkAffinity affinity;
-  Measurement m;
   // hugetlb: the parent's region and, in the write rounds, one copy of it (a private hugetlb
   // child without a free page for its copy gets SIGBUS).
-  m.error = WhyBackingCannotRun(kind, 2 * static_cast<long>(bytes / kPage2M));
-  if (m.error.empty()) {
-    auto measure = [&] { return MeasureWrites(backing, writer, rounds, bytes); };
-    m = cow_pte ? InCowPteHost(*CurrentRunOptions().cow_pte_prctl, measure) : measure();
-  }
-  Report(state, kind, affinity.description(), std::move(m));
+  RunMeasured(state, KindOf(backing), 2 * static_cast<long>(bytes / kPage2M), cow_pte,
+              [&] { return MeasureWrites(backing, writer, rounds, bytes); });
 }
 
 // Sizes of the latency sweep, log scale. --quick stops at 256 MiB; otherwise 1 GiB, and 2 and

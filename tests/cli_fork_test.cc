@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/kernel_features.h"
+#include "tests/cli_support.h"
 #include "topology/hugetlb.h"
 
 namespace fs = std::filesystem;
@@ -31,59 +32,28 @@ namespace {
 
 using nlohmann::json;
 
-struct Outcome {
+using namespace faultlab::cli_test;
+
+struct ForkOutcome {
   int exit_code = -1;
   std::string err;
   json results;  // results.json, or discarded when the run wrote none
 };
 
-std::string Slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    char tmpl[] = "/tmp/faultlab-cli-fork-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~ScratchDir() { fs::remove_all(path_); }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
 // `faultlab run --quick --suite fork --filter FILTER --out <scratch>/out` plus `extra`.
-Outcome RunFork(const std::string& filter, const std::vector<std::string>& extra = {}) {
+ForkOutcome RunFork(const std::string& filter, const std::vector<std::string>& extra = {}) {
   ScratchDir scratch;
   const fs::path out = scratch.path() / "out";
   std::vector<std::string> args = {"run", "--quick", "--suite", "fork", "--filter", filter,
                                    "--out", out.string()};
   args.insert(args.end(), extra.begin(), extra.end());
-  std::string command = FAULTLAB_BINARY;
-  for (const std::string& arg : args) command += " '" + arg + "'";
-  command += " >" + (scratch.path() / "stdout").string() + " 2>" +
-             (scratch.path() / "stderr").string();
-  const int status = std::system(command.c_str());
-  Outcome outcome;
-  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  outcome.err = Slurp(scratch.path() / "stderr");
+  const Outcome run = Faultlab(args, scratch);
+  ForkOutcome outcome;
+  outcome.exit_code = run.exit_code;
+  outcome.err = run.err;
   std::ifstream in(out / "results.json");
   outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
   return outcome;
-}
-
-long ReadLong(const std::string& path) {
-  std::ifstream in(path);
-  long value = -1;
-  in >> value;
-  return value;
 }
 
 std::vector<std::string> Split(const std::string& name) {
@@ -304,7 +274,7 @@ void CheckModelForkRowsRanBeside(const json& results) {
 TEST(CliFork, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
   const long hugetlb_free_before = faultlab::FreeHugetlbPages(faultlab::kPage2M);
   const Plan plan = RunPlan();
-  const Outcome outcome = RunFork(plan.filter, {"--cow-pte-prctl", "65"});
+  const ForkOutcome outcome = RunFork(plan.filter, {"--cow-pte-prctl", "65"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
   {
@@ -330,7 +300,7 @@ TEST(CliFork, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
 }
 
 TEST(CliFork, CowPtePrctlThatDoesNotExistIsSkippedWithItsError) {
-  const Outcome outcome =
+  const ForkOutcome outcome =
       RunFork("fork/latency_cow_pte/anon4k/rss_mib:1/", {"--cow-pte-prctl", "1000"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<json> rows = IterationRows(outcome.results, "fork/latency_cow_pte/");
@@ -349,7 +319,7 @@ TEST(CliFork, HugetlbRunsWithAReservedPoolAndThePoolIsRestored) {
   const std::string pool = "/proc/sys/vm/nr_hugepages";
   const long before = ReadLong(pool);
   // rss_mib:2 is one 2 MiB page; the child only exits, so it needs no copy.
-  const Outcome outcome =
+  const ForkOutcome outcome =
       RunFork("fork/latency/hugetlb2m/rss_mib:2/", {"--reserve-hugepages", "2M:2"});
   EXPECT_EQ(ReadLong(pool), before) << "the run left the pool changed";
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;

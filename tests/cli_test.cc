@@ -23,52 +23,14 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/kernel_features.h"
+#include "tests/cli_support.h"
 #include "topology/hugetlb.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string Slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    char tmpl[] = "/tmp/faultlab-cli-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~ScratchDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-// Runs the faultlab binary with `args`; stdout and stderr go to files in `scratch`.
-Outcome Faultlab(const std::vector<std::string>& args, const ScratchDir& scratch) {
-  std::string command = FAULTLAB_BINARY;
-  for (const std::string& arg : args) command += " '" + arg + "'";
-  const fs::path out = scratch.path() / "stdout";
-  const fs::path err = scratch.path() / "stderr";
-  command += " >" + out.string() + " 2>" + err.string();
-  const int status = std::system(command.c_str());
-  Outcome outcome;
-  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  outcome.out = Slurp(out);
-  outcome.err = Slurp(err);
-  return outcome;
-}
+using namespace faultlab::cli_test;
 
 // The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.
 std::vector<int> AllowedCpus() {
@@ -97,12 +59,6 @@ std::vector<int> ProcessesWith(const std::string& needle) {
   return pids;
 }
 
-long ReadLong(const std::string& path) {
-  std::ifstream in(path);
-  long value = -1;
-  in >> value;
-  return value;
-}
 
 // A filter for one fast single-worker case.
 constexpr const char* kWriteCase = "fault/write/anon4k/.*procs:1/.*threads:1$";

@@ -285,7 +285,7 @@ def latency_chart(run, lines_present):
     counts = "/".join(str(count) for count in sorted(repetitions))
     notes = [
         "Kernel (solid): the parent's fork() call plus the child's _exit() and the parent's "
-        "waitpid(), wall time. Model (dashed): fork plus the child's exit as function calls in "
+        "wait4(), wall time. Model (dashed): fork plus the child's exit as function calls in "
         "one process, no trap.",
         f"Points: mean of {counts} repetitions; bars: the lowest and highest repetition.",
     ] + notes
@@ -738,11 +738,18 @@ def write_cost_lines(run, costs):
             name = cow_pte.line.label.removeprefix("model COW-PTE ")
             fractions.append((name, fraction))
     if fractions:
+        def meaning(value):
+            # At or above 1 it pays even when every region is written; at or below 0 its fork
+            # saves nothing (within this run's noise) and the break can only add.
+            if value >= 1:
+                return "always"
+            if value <= 0:
+                return "never"
+            return f"while under {format_percent(value)} of regions are written"
         text = ("  COW-PTE pays while the fraction of regions written is below (F_classic - F) "
                 "/ (B - W): " + ", ".join(f"{name} {significant(f.value)} "
-                                          f"±{format_percent(f.cv)}" for name, f in fractions))
-        if all(f.value >= 1 for _, f in fractions):
-            text += ": always"
+                                          f"±{format_percent(f.cv)} ({meaning(f.value)})"
+                                          for name, f in fractions))
         lines.append(text + ".")
     return lines
 
