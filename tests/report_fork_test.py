@@ -255,6 +255,10 @@ class ReportForkTest(unittest.TestCase):
         summary = self.report(document)
         self.assertIn("fork figures repeat within 10%: no (worst: "
                       "fork/latency/anon4k/rss_mib:16 ", flat(summary))
+        # The fixture's run let parent and child use two CPUs: the summary names the way out.
+        self.assertIn("`--cpu C` keeps both on one CPU", flat(summary))
+        document["context"]["faultlab"]["options"]["cpus"] = [0]
+        self.assertNotIn("`--cpu C`", flat(self.report(document)))
 
     def test_skipped_reasons_appear_in_the_summary(self):
         document = load_fixture()

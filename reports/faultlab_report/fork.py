@@ -770,9 +770,19 @@ def spread_lines(run):
     texts = [f"{label} {format_percent(bench.measure().cv)}" for label, bench in worst_per_group]
     _, worst = max(worst_per_group, key=lambda item: item[1].measure().cv)
     repeatable = worst.measure().cv <= REPEATABLE_CV
-    return ["", "Largest cv of fork latency: " + ", ".join(texts) + ".",
-            f"fork figures repeat within {REPEATABLE_CV:.0%}: {'yes' if repeatable else 'no'} "
-            f"(worst: {worst.short_name} {format_percent(worst.measure().cv)})"]
+    lines = ["", "Largest cv of fork latency: " + ", ".join(texts) + ".",
+             f"fork figures repeat within {REPEATABLE_CV:.0%}: {'yes' if repeatable else 'no'} "
+             f"(worst: {worst.short_name} {format_percent(worst.measure().cv)})"]
+    if not repeatable and len(run.run_cpus()) > 1:
+        # Measured here (a KVM guest): with the child free to run on the other vCPU, small forks
+        # were bimodal (~0.17 or ~0.42 ms a fork, in runs), as waking a halted vCPU costs the
+        # host's wake-up or nothing, depending on its halt polling; on one CPU they repeated
+        # within 0.2-7%.
+        lines.append(f"  Parent and child could run on {len(run.run_cpus())} CPUs: a wake-up of an "
+                     "idle CPU (in a VM, of a halted vCPU) is in child_runs_ns and exit_wait_ns and "
+                     "varies. `--cpu C` keeps both on one CPU, which takes it out (child_runs_ns "
+                     "then counts until the parent yields).")
+    return lines
 
 
 def skipped_lines(benchmarks):

@@ -168,6 +168,13 @@ class Run:
         environment = faultlab.get("environment") if isinstance(faultlab, dict) else None
         return environment if isinstance(environment, dict) else {}
 
+    def run_cpus(self):
+        """The CPUs the run's workers were given (--cpu, or all it was allowed); [] if unknown."""
+        faultlab = self.context.get("faultlab")
+        options = faultlab.get("options") if isinstance(faultlab, dict) else None
+        cpus = options.get("cpus") if isinstance(options, dict) else None
+        return cpus if isinstance(cpus, list) else []
+
     def machine(self):
         """Host, kernel, CPU and hypervisor in one line, from the run's context."""
         environment = self.environment()
