@@ -245,8 +245,8 @@ std::string CheckPremise(const Case& c, const Region& region) {
     return "only " + std::to_string(CountPresent(pagemap)) + " of " +
            std::to_string(pagemap.size()) + " pages present after the touch";
   }
-  std::map<std::string, long> smaps = SmapsOf(region.base());
-  auto field = [&](const char* name) { return smaps.count(name) ? smaps[name] : -1; };
+  const std::map<std::string, long> smaps = SmapsOf(region.base());
+  auto field = [&](const char* name) { return SmapsField(smaps, name); };
   switch (c.memory) {
     case Memory::kAnon4K:
       if (field("AnonHugePages") != 0) {

@@ -33,6 +33,12 @@ namespace faultlab {
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
+void WaitForEof(int fd) {
+  char c;
+  while (read(fd, &c, 1) < 0 && errno == EINTR) {
+  }
+}
+
 const std::vector<BackingKind>& BackingKinds() {
   static const std::vector<BackingKind> kinds = {
       {ForkBacking::kAnon4K, "anon4k", kPage4K, {}},
@@ -157,8 +163,8 @@ std::string CheckPremise(ForkBacking backing, const Region& region) {
     return "only " + std::to_string(CountPresent(pagemap)) + " of " +
            std::to_string(pagemap.size()) + " pages present before fork";
   }
-  std::map<std::string, long> smaps = SmapsOf(region.base());
-  auto field = [&](const char* name) { return smaps.count(name) ? smaps[name] : -1; };
+  const std::map<std::string, long> smaps = SmapsOf(region.base());
+  auto field = [&](const char* name) { return SmapsField(smaps, name); };
   switch (backing) {
     case ForkBacking::kAnon4K:
       if (field("AnonHugePages") != 0) {
@@ -316,9 +322,7 @@ std::string MeasureVmPte(SharedPage* page, long* parent_kb, long* child_kb) {
   if (pid == 0) {
     close(fds[1]);
     page->child_stamp.store(TscNow(), std::memory_order_release);
-    char c;
-    while (read(fds[0], &c, 1) < 0 && errno == EINTR) {
-    }
+    WaitForEof(fds[0]);
     _exit(0);
   }
   close(fds[0]);

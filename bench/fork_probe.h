@@ -118,6 +118,9 @@ bool WaitForStamp(const SharedPage* page, pid_t pid, int* status);
 // "what: strerror(errno)".
 std::string Errno(const char* what);
 
+// Blocks until the other end of a pipe is closed: how a forked child waits for its parent.
+void WaitForEof(int fd);
+
 // How the child is made: fork(), or a floor that does not copy the parent's mm.
 enum class Spawn { kFork, kVfork, kPosixSpawn };
 

@@ -450,17 +450,13 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
           page->child_counters[i] = after[i] - before[i];
         }
         if (backing == ForkBacking::kThp) {
-          std::map<std::string, long> smaps = SmapsOf(region.base());
-          page->child_thp_kb = smaps.count("AnonHugePages") ? smaps["AnonHugePages"] : -1;
+          page->child_thp_kb = SmapsField(SmapsOf(region.base()), "AnonHugePages");
         }
         page->child_done.store(1, std::memory_order_release);
       }
       page->child_stamp.store(TscNow(), std::memory_order_release);
       if (writer == Writer::kParentWhileChild) {
-        // Stay alive (sharing the pages) until the parent has written.
-        char c;
-        while (read(fds[0], &c, 1) < 0 && errno == EINTR) {
-        }
+        WaitForEof(fds[0]);  // stay alive (sharing the pages) until the parent has written
       }
       _exit(0);
     }
@@ -511,8 +507,7 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
       if (r > 0) totals.Add(before, group.Read());
     }
     if (backing == ForkBacking::kThp && writer != Writer::kChild) {
-      std::map<std::string, long> smaps = SmapsOf(region.base());
-      thp_kb_after = smaps.count("AnonHugePages") ? smaps["AnonHugePages"] : -1;
+      thp_kb_after = SmapsField(SmapsOf(region.base()), "AnonHugePages");
     }
     double sum = 0;
     for (uint64_t t : ticks) sum += static_cast<double>(t) * ns_per_tick;

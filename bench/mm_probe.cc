@@ -58,4 +58,9 @@ std::map<std::string, long> SmapsOf(const void* addr) {
   return fields;
 }
 
+long SmapsField(const std::map<std::string, long>& smaps, const std::string& name) {
+  const auto it = smaps.find(name);
+  return it == smaps.end() ? -1 : it->second;
+}
+
 }  // namespace faultlab

@@ -26,4 +26,7 @@ std::size_t CountPresent(const std::vector<uint64_t>& pagemap);
 // "KernelPageSize", "Private_Hugetlb", ...). Empty if no VMA contains it.
 std::map<std::string, long> SmapsOf(const void* addr);
 
+// One field of SmapsOf's result in kB, or -1 where the VMA (or the field) is missing.
+long SmapsField(const std::map<std::string, long>& smaps, const std::string& name);
+
 }  // namespace faultlab
