@@ -404,14 +404,17 @@ def break_even_text(cow_pte, classic, fraction):
                f"{format_ns(cow_pte.fork.value)}) / ({format_ns(cow_pte.first.value)} − "
                f"{format_ns(classic.first.value)}) = {significant(fraction.value)} "
                f"± {format_percent(fraction.cv)}")
-    if fraction.value <= 0:
-        verdict = "never pays: its fork is not cheaper than classic's"
-    elif fraction.value >= 1:
-        verdict = "pays even when every 2 MiB region is written"
-    else:
-        verdict = (f"pays while under {format_percent(fraction.value)} of the 2 MiB regions "
-                   "are written before the child exits")
-    return f"{name} {verdict}: break-even fraction {formula}."
+    return f"{name} pays {pays_when(fraction.value)}: break-even fraction {formula}."
+
+
+def pays_when(fraction):
+    """When COW-PTE pays, from its break-even fraction of regions written (break_even)."""
+    if fraction >= 1:
+        return "always (even when every 2 MiB region is written)"
+    if fraction <= 0:
+        return "never (its fork is not cheaper than classic's)"
+    return (f"while under {format_percent(fraction)} of the 2 MiB regions are written before "
+            "the child exits")
 
 
 def cow_pte_pairs(costs):
@@ -738,17 +741,9 @@ def write_cost_lines(run, costs):
             name = cow_pte.line.label.removeprefix("model COW-PTE ")
             fractions.append((name, fraction))
     if fractions:
-        def meaning(value):
-            # At or above 1 it pays even when every region is written; at or below 0 its fork
-            # saves nothing (within this run's noise) and the break can only add.
-            if value >= 1:
-                return "always"
-            if value <= 0:
-                return "never"
-            return f"while under {format_percent(value)} of regions are written"
         text = ("  COW-PTE pays while the fraction of regions written is below (F_classic - F) "
                 "/ (B - W): " + ", ".join(f"{name} {significant(f.value)} "
-                                          f"±{format_percent(f.cv)} ({meaning(f.value)})"
+                                          f"±{format_percent(f.cv)}: {pays_when(f.value)}"
                                           for name, f in fractions))
         lines.append(text + ".")
     return lines
