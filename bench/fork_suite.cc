@@ -15,6 +15,9 @@
 // forks (Iterations), and reports the per-fork figures as counters. The perf counters count the
 // parent (read before the fork and after the child is reaped); the child's faults, context
 // switches and CPU time are its rusage (child_page_faults, child_context_switches, child_cpu_ns).
+// Between forks, untimed, a fixed CPU loop gives the machine's speed at the time (reference_ns,
+// harness.h ReferenceWorkNs): where a row's repetitions differ and it differs as much, the host
+// moved, not fork.
 // faultlab keeps its own process small for these forks: hwloc's I/O plugins are not loaded
 // (main.cc) and the binary is linked with -z now, so a child does not resolve _exit lazily
 // (about 19 faults of its own). What remains of faultlab's own fork cost (its ~100 mappings) is
@@ -303,9 +306,10 @@ Measurement MeasureLatency(ForkBacking backing, Variant variant, Spawn spawn, in
   m.totals.names = group.names();
   // Reserved: a vector growing after a fork would take COW faults on the heap the fork
   // write-protected, counted as the parent's.
-  std::vector<double> fork_ns, runs_ns, exit_ns, child_faults, child_switches, child_cpu_ns;
+  std::vector<double> fork_ns, runs_ns, exit_ns, child_faults, child_switches, child_cpu_ns,
+      reference_ns;
   for (auto* v : {&fork_ns, &runs_ns, &exit_ns, &child_faults, &child_switches, &child_cpu_ns,
-                  &m.samples_ns}) {
+                  &reference_ns, &m.samples_ns}) {
     v->reserve(static_cast<std::size_t>(forks));
   }
   ForkSample warm;
@@ -324,6 +328,7 @@ Measurement MeasureLatency(ForkBacking backing, Variant variant, Spawn spawn, in
     child_switches.push_back(s.child_context_switches);
     child_cpu_ns.push_back(s.child_cpu_ns);
     m.samples_ns.push_back(s.fork_ns + s.exit_wait_ns);
+    reference_ns.push_back(ReferenceWorkNs());
   }
   // DAMON's pageout may drop file pages during the run: the figures hold only if they stayed.
   if (error.empty() && has_region) error = CheckPremise(backing, region);
@@ -341,6 +346,7 @@ Measurement MeasureLatency(ForkBacking backing, Variant variant, Spawn spawn, in
   m.figures["child_context_switches"] = mean(child_switches);
   m.figures["child_cpu_ns"] = mean(child_cpu_ns);
   m.figures["first_round_ns"] = warm.fork_ns + warm.exit_wait_ns;
+  m.figures["reference_ns"] = Summarize(reference_ns).p50;
   // VmPTE counts every page table of the process (faultlab's own are the ~80 kB baseline a
   // DONTFORK child shows). THP regions count too: the kernel deposits one PTE table per huge PMD
   // for a later split, and fork deposits one for the child. hugetlb maps at PMD level: no PTE
@@ -560,8 +566,15 @@ std::vector<long> SweepMib(bool quick, const BackingKind& kind) {
 }
 
 // Forks per repetition: many where a fork is cheap (a stable mean), fewer where one costs
-// milliseconds, so the quick suite stays near a minute.
+// milliseconds, so the quick suite stays near a minute. Only a 4 KiB anonymous region makes fork
+// copy an entry per page; THP and hugetlb copy one per 2 MiB, and shmem and a read-only file
+// none (their VMAs have no anon_vma), so those forks stay under ~3 ms up to 4 GiB and get 128 at
+// every size: a repetition of 16 forks of 0.3 ms lasts 5 ms, short enough for one stall of the
+// shared host to move its mean by 10-30%.
 int ForksFor(long mib) { return static_cast<int>(std::clamp(2048l / mib, 16l, 128l)); }
+int ForksFor(const BackingKind& kind, long mib) {
+  return kind.backing == ForkBacking::kAnon4K ? ForksFor(mib) : ForksFor(1);
+}
 
 constexpr long kVariantMib = 256;  // the variants and floors run at the largest quick size
 
@@ -587,7 +600,7 @@ void RegisterForkSuite(const RunOptions& options) {
   });
   for (const BackingKind& kind : BackingKinds()) {
     for (long mib : SweepMib(options.quick, kind)) {
-      const int forks = ForksFor(mib);
+      const int forks = ForksFor(kind, mib);
       const ForkBacking b = kind.backing;
       add(std::string("fork/latency/") + kind.name, {mib}, {"rss_mib"}, forks,
           [b, forks](benchmark::State& st) { RunLatency(st, b, Variant::kPlain, Spawn::kFork, forks); });

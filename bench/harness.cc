@@ -67,6 +67,18 @@ void CounterTotals::Merge(const CounterTotals& other) {
   for (std::size_t i = 0; i < other.sums.size(); ++i) sums[i] += other.sums[i];
 }
 
+double ReferenceWorkNs() {
+  constexpr int kSteps = 1024;  // ~4 cycles each (multiply and add, dependent)
+  std::uint64_t x = 1;
+  asm volatile("" : "+r"(x));  // the start value is opaque: the chain cannot be folded
+  const double start = MonotonicNs();
+  for (int i = 0; i < kSteps; ++i) {
+    x = x * 6364136223846793005u + 1442695040888963407u;
+    asm volatile("" : "+r"(x));  // one step at a time: no unrolling into a closed form
+  }
+  return MonotonicNs() - start;
+}
+
 LatencySummary Summarize(std::vector<double>& ns) {
   LatencySummary s;
   s.count = ns.size();

@@ -54,6 +54,14 @@ class BarrierArrival {
   int parties_;
 };
 
+// A fixed amount of CPU work timed in wall time: a chain of dependent multiply-adds, about 1.5 us
+// here. It is the same work every call, so when its time moves during a run the CPU's speed
+// moved (in a VM, the host's load on the core or its clock), not the code measured beside it:
+// a plain C loop here steps between ~8 and ~11 ms for tens of milliseconds at a time, and forks
+// step with it. Benchmarks time it between their samples (untimed) and report its median as
+// reference_ns, so a report can tell a noisy machine from a noisy code path.
+double ReferenceWorkNs();
+
 // Sums of counter deltas over the timed parts of a measurement.
 struct CounterTotals {
   std::vector<std::string> names;

@@ -249,16 +249,34 @@ class ReportForkTest(unittest.TestCase):
             for row in rows:
                 row["real_time"] = mean
         summary = self.report(document)
-        self.assertIn("fork figures repeat within 10%: yes", summary)
+        rows = len(by_name)  # every latency row the fixture ran: the sweeps, variants, floors
+        self.assertIn(f"fork figures repeat within 10%: yes ({rows} of {rows} rows)", summary)
         name = run_name_of(document, "fork/latency/anon4k/rss_mib:16/")
         by_name[name][1]["real_time"] *= 1.5
-        summary = self.report(document)
-        self.assertIn("fork figures repeat within 10%: no (worst: "
-                      "fork/latency/anon4k/rss_mib:16 ", flat(summary))
+        summary = flat(self.report(document))
+        self.assertIn(f"fork figures repeat within 10%: no ({rows - 1} of {rows} rows) "
+                      "fork/latency/anon4k/rss_mib:16 ", summary)
+        # The odd repetition shows among the row's repetitions.
+        listed = re.search(r"fork/latency/anon4k/rss_mib:16 [\d.]+%: ([^A-Za-z]*?[µm]?s(?:, [\d.]+ [µm]?s)*)",
+                           summary)
+        self.assertIsNotNone(listed)
+        self.assertEqual(len(listed.group(1).split(", ")), len(by_name[name]))
         # The fixture's run let parent and child use two CPUs: the summary names the way out.
         self.assertIn("`--cpu C` keeps both on one CPU", flat(summary))
         document["context"]["faultlab"]["options"]["cpus"] = [0]
         self.assertNotIn("`--cpu C`", flat(self.report(document)))
+        self.assertNotIn("reference loop", flat(self.report(document)))
+        self.assertNotIn("run no kernel code", flat(self.report(document)))
+        # With the machine's reference loop beside the noisy row, and a model row noisy too.
+        for number, row in enumerate(by_name[name]):
+            row["reference_ns"] = 1000.0 + 100.0 * number
+        model = run_name_of(document, "model/fork/classic/rss_mib:16/")
+        by_name[model][0]["real_time"] *= 2
+        summary = flat(self.report(document))
+        spread = statistics.stdev(row["reference_ns"] for row in by_name[name]) / 1100.0
+        self.assertRegex(summary, r"fork/latency/anon4k/rss_mib:16 [^;]*; reference loop "
+                         + re.escape(f"±{spread * 100:.2g}%"))
+        self.assertIn("The model's forks, which run no kernel code, miss too (1 row)", summary)
 
     def test_skipped_reasons_appear_in_the_summary(self):
         document = load_fixture()
