@@ -1182,6 +1182,117 @@ void RunUffdWp(benchmark::State& state, bool protect, const Sizes& sizes) {
 }
 
 // ----------------------------------------------------------------------------------------------
+// model/zap/{shmem,shmem_wp}: MADV_DONTNEED of mapped, cached shmem pages, per page, 2 MiB at a
+// time, on a VMA registered for uffd-wp. shmem_wp: the pages are write-protected first, so the
+// zap must leave a uffd-wp marker in each entry instead of none (the marker series'
+// pte_install_uffd_wp_if_needed): the protection outlives the zap and the next write still
+// delivers a WP event. Both are timed in every round on the same memory (the other variant is
+// other_ns_per_page; marker_vs_plain is shmem_wp over shmem, medians): what keeping the
+// protection across a zap costs. The suite `uffd` checks the kernel does the same (pagemap).
+
+void RunZap(benchmark::State& state, bool wp, const Sizes& sizes) {
+  const std::uint64_t pages = sizes.wp_ranges * kPagesPerTable;
+  const std::uint64_t bytes = pages * kPageSize;
+  CaseSetup setup(state, 1, FramesFor(pages, bytes));
+  if (!setup.ok()) return;
+  Guarded(state, [&] {
+    Machine& machine = setup.machine();
+    Cpu& cpu = setup.cpu();
+    auto file = std::make_shared<ShmemFile>(machine, bytes, /*huge=*/false, cpu.node());
+    for (std::uint64_t i = 0; i < pages; ++i) {
+      Require(file->GetOrCreate(cpu, i) != model::kNoPfn, "shmem page cached");
+    }
+    AddressSpace space(machine, cpu);
+    space.Map(cpu, ShmemVma(kBase, bytes, file));
+    space.RegisterUffd(cpu, kBase, model::kUffdWp, model::UffdHandler());
+    Meter plain_meter(wp ? nullptr : setup.counters());
+    Meter marker_meter(wp ? setup.counters() : nullptr);
+    auto pass = [&](Meter& meter, bool protect, int round) {
+      FaultAll(space, cpu, kBase, pages, ModelAccess::kRead);  // map the cached pages
+      if (protect) RequireZero(space.UffdWriteProtect(cpu, kBase, bytes, true), "UffdWriteProtect");
+      std::uint64_t zapped = 0;
+      meter.Start();
+      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
+        zapped += space.Zap(cpu, kBase + range * kPmdSize, kPmdSize);
+      }
+      meter.Stop(static_cast<double>(pages));
+      RequireCount(zapped, pages, "pages zapped");
+      if (round == 0) {
+        CheckPages(space, kBase, pages, protect ? "a uffd-wp marker after the zap" : "none after the zap",
+                   [protect](const model::PagemapEntry& e) {
+                     return !e.present && (protect ? (e.marker & model::kPteMarkerUffdWp) != 0
+                                                   : e.marker == 0);
+                   });
+      }
+      // Un-protecting removes the markers: the next round starts from none.
+      if (protect) RequireZero(space.UffdWriteProtect(cpu, kBase, bytes, false), "un-protect");
+    };
+    for (int r = 0; r < sizes.wp_rounds; ++r) {
+      pass(plain_meter, false, r);
+      pass(marker_meter, true, r);
+    }
+    const Meter& mine = wp ? marker_meter : plain_meter;
+    const Meter& other = wp ? plain_meter : marker_meter;
+    state.counters["other_ns_per_page"] = other.MedianNs();
+    state.counters["marker_vs_plain"] = marker_meter.MedianNs() / plain_meter.MedianNs();
+    space.Exit(cpu);
+    Finish(state, mine,
+           setup.Label(std::string("memory=shmem(cached) range=2MiB op=one page") +
+                       (wp ? " uffd_wp=protected" : " uffd_wp=registered")));
+  });
+}
+
+// ----------------------------------------------------------------------------------------------
+// model/guard/{install,remove}/anon4k: MADV_GUARD_INSTALL over mapped anonymous pages (each
+// entry zapped and replaced by a guard marker) and MADV_GUARD_REMOVE (the markers back to none),
+// per page, 2 MiB at a time. Both are timed in every round (the other is other_ns_per_page).
+// Beside suite `guard`, which times the kernel's madvise calls and their mprotect equivalent.
+
+void RunGuardRange(benchmark::State& state, bool install, const Sizes& sizes) {
+  const std::uint64_t pages = sizes.wp_ranges * kPagesPerTable;
+  const std::uint64_t bytes = pages * kPageSize;
+  CaseSetup setup(state, 1, FramesFor(pages, bytes));
+  if (!setup.ok()) return;
+  Guarded(state, [&] {
+    Cpu& cpu = setup.cpu();
+    AddressSpace space(setup.machine(), cpu);
+    space.Map(cpu, AnonVma(kBase, bytes));
+    Meter install_meter(install ? setup.counters() : nullptr);
+    Meter remove_meter(install ? nullptr : setup.counters());
+    for (int r = 0; r < sizes.wp_rounds; ++r) {
+      FaultAll(space, cpu, kBase, pages, ModelAccess::kWrite);
+      std::uint64_t installed = 0, removed = 0;
+      install_meter.Start();
+      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
+        installed += space.InstallGuard(cpu, kBase + range * kPmdSize, kPmdSize);
+      }
+      install_meter.Stop(static_cast<double>(pages));
+      RequireCount(installed, pages, "guard markers installed");
+      if (r == 0) {
+        CheckPages(space, kBase, pages, "a guard marker", [](const model::PagemapEntry& e) {
+          return !e.present && (e.marker & model::kPteMarkerGuard) != 0;
+        });
+      }
+      remove_meter.Start();
+      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
+        removed += space.RemoveGuard(cpu, kBase + range * kPmdSize, kPmdSize);
+      }
+      remove_meter.Stop(static_cast<double>(pages));
+      RequireCount(removed, pages, "guard markers removed");
+      if (r == 0) {
+        CheckPages(space, kBase, pages, "none after the guard is removed",
+                   [](const model::PagemapEntry& e) { return !e.present && e.marker == 0; });
+      }
+    }
+    const Meter& mine = install ? install_meter : remove_meter;
+    const Meter& other = install ? remove_meter : install_meter;
+    state.counters["other_ns_per_page"] = other.MedianNs();
+    space.Exit(cpu);
+    Finish(state, mine, setup.Label("memory=anon4k range=2MiB op=one page"));
+  });
+}
+
+// ----------------------------------------------------------------------------------------------
 // model/fork/{classic,cow_pte_eager,cow_pte_lazy}/rss_mib:N: fork of an address space holding N
 // MiB of written (exclusive, writable) anonymous 4 KiB pages, then the child's exit. The time
 // column is fork + exit per fork (mean); fork_ns and exit_ns apart (medians over the forks);
@@ -1782,31 +1893,15 @@ void AddForkCases(const ModelAdder& add, const Sizes& sizes) {
   }
 }
 
-}  // namespace
-
-void RegisterModelForkCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
-  AddForkCases(ModelAdder(sizes), sizes);
-}
-
-namespace {
-
-void RegisterModelSuite(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
-  const ModelAdder add(sizes);
+// The cases suite `uffd` sets the kernel beside: the zeropage, marker lookup, faults on markers,
+// the userfaultfd round trips, write-protect ranges, and zap with marker persistence.
+void AddUffdCases(const ModelAdder& add, const Sizes& sizes) {
   const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
-
-  add("model/baseline/clear_4k", fault_ops,
-      [sizes](benchmark::State& st) { RunBaseline(st, false, sizes); });
-  add("model/baseline/copy_4k", fault_ops,
-      [sizes](benchmark::State& st) { RunBaseline(st, true, sizes); });
-
-  const std::pair<const char*, AnonCase> anon_cases[] = {
+  const std::pair<const char*, AnonCase> zeropage_cases[] = {
       {"model/zeropage_read/anon4k", AnonCase::kZeropageRead},
-      {"model/anon_write/anon4k", AnonCase::kAnonWrite},
       {"model/write_after_zeropage/anon4k", AnonCase::kWriteAfterZeropage},
   };
-  for (const auto& [name, which] : anon_cases) {
+  for (const auto& [name, which] : zeropage_cases) {
     add(name, fault_ops, [which, sizes](benchmark::State& st) { RunAnonCase(st, which, sizes); });
   }
 
@@ -1817,7 +1912,6 @@ void RegisterModelSuite(const RunOptions& options) {
 
   const std::pair<const char*, MarkerKind> marker_cases[] = {
       {"model/marker_fault/uffd_wp", MarkerKind::kUffdWp},
-      {"model/marker_fault/guard", MarkerKind::kGuard},
       {"model/marker_fault/poison", MarkerKind::kPoison},
   };
   for (const auto& [name, kind] : marker_cases) {
@@ -1841,7 +1935,57 @@ void RegisterModelSuite(const RunOptions& options) {
       [sizes](benchmark::State& st) { RunUffdWp(st, true, sizes); });
   add("model/uffd_wp/unprotect", wp_ops,
       [sizes](benchmark::State& st) { RunUffdWp(st, false, sizes); });
+  add("model/zap/shmem", wp_ops, [sizes](benchmark::State& st) { RunZap(st, false, sizes); });
+  add("model/zap/shmem_wp", wp_ops, [sizes](benchmark::State& st) { RunZap(st, true, sizes); });
+}
 
+// The cases suite `guard` sets the kernel beside: a fault on a guard marker, installing and
+// removing guards.
+void AddGuardCases(const ModelAdder& add, const Sizes& sizes) {
+  const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
+  add("model/marker_fault/guard", fault_ops,
+      [sizes](benchmark::State& st) { RunMarkerFault(st, MarkerKind::kGuard, sizes); });
+  const double range_ops = static_cast<double>(sizes.wp_ranges * kPagesPerTable) * sizes.wp_rounds;
+  add("model/guard/install/anon4k", range_ops,
+      [sizes](benchmark::State& st) { RunGuardRange(st, true, sizes); });
+  add("model/guard/remove/anon4k", range_ops,
+      [sizes](benchmark::State& st) { RunGuardRange(st, false, sizes); });
+}
+
+}  // namespace
+
+void RegisterModelForkCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  AddForkCases(ModelAdder(sizes), sizes);
+}
+
+void RegisterModelUffdCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  AddUffdCases(ModelAdder(sizes), sizes);
+}
+
+void RegisterModelGuardCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  AddGuardCases(ModelAdder(sizes), sizes);
+}
+
+namespace {
+
+void RegisterModelSuite(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  const ModelAdder add(sizes);
+  const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
+
+  add("model/baseline/clear_4k", fault_ops,
+      [sizes](benchmark::State& st) { RunBaseline(st, false, sizes); });
+  add("model/baseline/copy_4k", fault_ops,
+      [sizes](benchmark::State& st) { RunBaseline(st, true, sizes); });
+
+  add("model/anon_write/anon4k", fault_ops,
+      [sizes](benchmark::State& st) { RunAnonCase(st, AnonCase::kAnonWrite, sizes); });
+
+  AddUffdCases(add, sizes);
+  AddGuardCases(add, sizes);
   AddForkCases(add, sizes);
 
   add("model/migrate/anon4k", fault_ops, [sizes](benchmark::State& st) { RunMigrate(st, sizes); });

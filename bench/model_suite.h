@@ -1,5 +1,5 @@
-// The model suite's cases that the fork suite runs beside the kernel's, so that a fork comparison
-// takes both halves from one invocation (same machine state, same pinning).
+// The model suite's cases that the kernel suites run beside their own (fork, uffd, guard), so that
+// a comparison takes both halves from one invocation (same machine state, same pinning).
 #pragma once
 
 #include "bench/suite.h"
@@ -9,5 +9,10 @@ namespace faultlab {
 // Registers model/fork/*, model/cow_pte_break/* and the classic COW faults after fork
 // (model/cow_copy, model/cow_reuse) with the model suite's sizes for options.quick.
 void RegisterModelForkCases(const RunOptions& options);
+// The model's cases beside suite `uffd` (zeropage, markers, userfaultfd round trips, write-protect,
+// zap with markers) and beside suite `guard` (guard faults, install, remove); each suite
+// registers them when the model suite is not selected anyway.
+void RegisterModelUffdCases(const RunOptions& options);
+void RegisterModelGuardCases(const RunOptions& options);
 
 }  // namespace faultlab
