@@ -1137,6 +1137,17 @@ void RunUffd(benchmark::State& state, UffdCase which, bool shmem, const Sizes& s
 // and makes the exclusive entries writable again. Both are timed in every round (the one not
 // named by the variant is reported as other_ns_per_page).
 
+// Times `op` once per 2 MiB range of [kBase, kBase + ranges x 2 MiB), as one span of a page per
+// operation, and returns the sum of what it returned (entries changed, or failures).
+template <typename Op>
+std::uint64_t TimedRanges(Meter& meter, std::uint64_t ranges, Op&& op) {
+  std::uint64_t sum = 0;
+  meter.Start();
+  for (std::uint64_t range = 0; range < ranges; ++range) sum += op(kBase + range * kPmdSize);
+  meter.Stop(static_cast<double>(ranges * kPagesPerTable));
+  return sum;
+}
+
 void RunUffdWp(benchmark::State& state, bool protect, const Sizes& sizes) {
   const std::uint64_t pages = sizes.wp_ranges * kPagesPerTable;
   const std::uint64_t bytes = pages * kPageSize;
@@ -1150,13 +1161,11 @@ void RunUffdWp(benchmark::State& state, bool protect, const Sizes& sizes) {
     space.RegisterUffd(cpu, kBase, model::kUffdWp, model::UffdHandler());
     Meter protect_meter(protect ? setup.counters() : nullptr);
     Meter unprotect_meter(protect ? nullptr : setup.counters());
-    int failures = 0;
+    std::uint64_t failures = 0;
     auto pass = [&](Meter& meter, bool wp) {
-      meter.Start();
-      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
-        failures += space.UffdWriteProtect(cpu, kBase + range * kPmdSize, kPmdSize, wp) != 0;
-      }
-      meter.Stop(static_cast<double>(pages));
+      failures += TimedRanges(meter, sizes.wp_ranges, [&](std::uint64_t start) {
+        return space.UffdWriteProtect(cpu, start, kPmdSize, wp) != 0 ? 1u : 0u;
+      });
     };
     for (int r = 0; r < sizes.wp_rounds; ++r) {
       pass(protect_meter, true);
@@ -1172,7 +1181,7 @@ void RunUffdWp(benchmark::State& state, bool protect, const Sizes& sizes) {
         });
       }
     }
-    RequireCount(static_cast<std::uint64_t>(failures), 0, "UffdWriteProtect calls that failed");
+    RequireCount(failures, 0, "UffdWriteProtect calls that failed");
     const Meter& mine = protect ? protect_meter : unprotect_meter;
     const Meter& other = protect ? unprotect_meter : protect_meter;
     state.counters["other_ns_per_page"] = other.MedianNs();
@@ -1210,12 +1219,9 @@ void RunZap(benchmark::State& state, bool wp, const Sizes& sizes) {
     auto pass = [&](Meter& meter, bool protect, int round) {
       FaultAll(space, cpu, kBase, pages, ModelAccess::kRead);  // map the cached pages
       if (protect) RequireZero(space.UffdWriteProtect(cpu, kBase, bytes, true), "UffdWriteProtect");
-      std::uint64_t zapped = 0;
-      meter.Start();
-      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
-        zapped += space.Zap(cpu, kBase + range * kPmdSize, kPmdSize);
-      }
-      meter.Stop(static_cast<double>(pages));
+      const std::uint64_t zapped = TimedRanges(meter, sizes.wp_ranges, [&](std::uint64_t start) {
+        return space.Zap(cpu, start, kPmdSize);
+      });
       RequireCount(zapped, pages, "pages zapped");
       if (round == 0) {
         CheckPages(space, kBase, pages, protect ? "a uffd-wp marker after the zap" : "none after the zap",
@@ -1261,23 +1267,18 @@ void RunGuardRange(benchmark::State& state, bool install, const Sizes& sizes) {
     Meter remove_meter(install ? nullptr : setup.counters());
     for (int r = 0; r < sizes.wp_rounds; ++r) {
       FaultAll(space, cpu, kBase, pages, ModelAccess::kWrite);
-      std::uint64_t installed = 0, removed = 0;
-      install_meter.Start();
-      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
-        installed += space.InstallGuard(cpu, kBase + range * kPmdSize, kPmdSize);
-      }
-      install_meter.Stop(static_cast<double>(pages));
+      const std::uint64_t installed = TimedRanges(
+          install_meter, sizes.wp_ranges,
+          [&](std::uint64_t start) { return space.InstallGuard(cpu, start, kPmdSize); });
       RequireCount(installed, pages, "guard markers installed");
       if (r == 0) {
         CheckPages(space, kBase, pages, "a guard marker", [](const model::PagemapEntry& e) {
           return !e.present && (e.marker & model::kPteMarkerGuard) != 0;
         });
       }
-      remove_meter.Start();
-      for (std::uint64_t range = 0; range < sizes.wp_ranges; ++range) {
-        removed += space.RemoveGuard(cpu, kBase + range * kPmdSize, kPmdSize);
-      }
-      remove_meter.Stop(static_cast<double>(pages));
+      const std::uint64_t removed = TimedRanges(
+          remove_meter, sizes.wp_ranges,
+          [&](std::uint64_t start) { return space.RemoveGuard(cpu, start, kPmdSize); });
       RequireCount(removed, pages, "guard markers removed");
       if (r == 0) {
         CheckPages(space, kBase, pages, "none after the guard is removed",

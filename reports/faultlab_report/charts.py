@@ -4,6 +4,7 @@ on the input (fixed hash salt, no date), so a report can be diffed and tested.
 
 Use:
     chart = line_chart([Series("kernel anon4k", x, y, low=..., high=...)], title=..., ...)
+    chart = bar_chart(["missing_copy anon4k", ...], [Bars("same_cpu", [v, ...]), ...], ...)
     data = svg_bytes(chart)
 """
 
@@ -57,6 +58,18 @@ class Series:
 
 
 @dataclass
+class Bars:
+    """One bar per category of a bar chart (None where the series has no value there), with the
+    spread at each as its low and high ends."""
+    label: str
+    values: Sequence[Optional[float]]
+    low: Optional[Sequence[Optional[float]]] = None
+    high: Optional[Sequence[Optional[float]]] = None
+    color: Optional[str] = None
+    hatched: bool = False
+
+
+@dataclass
 class Mark:
     """A point to call out, with a short text beside it."""
     x: float
@@ -73,6 +86,12 @@ def style():
 def plain_number(value, _position=None):
     """Tick labels as plain numbers (0.5, 10, 256), not powers of ten."""
     return f"{value:g}"
+
+
+def plain_ticks(axis):
+    """A log axis labelled in plain numbers at its decades, without minor labels."""
+    axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def line_chart(series, *, title, x_label, y_label, log_x=False, symlog_x=False, log_y=False,
@@ -104,8 +123,7 @@ def line_chart(series, *, title, x_label, y_label, log_x=False, symlog_x=False, 
             axes.set_yscale("log")
         for axis, is_log in ((axes.xaxis, log_x), (axes.yaxis, log_y)):
             if is_log:
-                axis.set_major_formatter(FuncFormatter(plain_number))
-                axis.set_minor_formatter(NullFormatter())
+                plain_ticks(axis)
         if x_ticks:
             axes.set_xticks(list(x_ticks))
             axes.xaxis.set_major_formatter(FuncFormatter(plain_number))
@@ -116,15 +134,57 @@ def line_chart(series, *, title, x_label, y_label, log_x=False, symlog_x=False, 
         axes.set_ylabel(y_label)
         if series:
             axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        if notes:
-            wrapped = [textwrap.fill(note, NOTE_WIDTH, subsequent_indent="  ",
-                                     break_on_hyphens=False, break_long_words=False)
-                       for note in notes]
-            # Below the x axis label, in points from the axes' bottom left corner.
-            axes.annotate("\n".join(wrapped), xy=(0, 0), xycoords="axes fraction",
-                          xytext=(-40, -40), textcoords="offset points", va="top", ha="left",
-                          fontsize=7.5, color="#333333")
+        add_notes(axes, notes)
         return figure
+
+
+def bar_chart(categories, bars, *, title, value_label, log=False, notes=(), size=None):
+    """Horizontal grouped bars, the first category on top: in each category one bar per series
+    that has a value there (spread as error bars). log: a log value axis, for figures that span
+    decades (the model's nanoseconds beside the kernel's microseconds)."""
+    count = max(1, len(bars))
+    height = 0.8 / count
+    with style():
+        figure = Figure(figsize=size or (10, 1.0 + 0.22 * len(categories) * count))
+        axes = figure.add_subplot()
+        for index, series in enumerate(bars):
+            rows = [(row, value) for row, value in enumerate(series.values) if value is not None]
+            if not rows:
+                continue
+            positions = [row + (index - (count - 1) / 2) * height for row, _ in rows]
+            values = [value for _, value in rows]
+            spread = None
+            if series.low is not None and series.high is not None:
+                spread = [[value - series.low[row] for row, value in rows],
+                          [series.high[row] - value for row, value in rows]]
+            axes.barh(positions, values, height=height * 0.9, xerr=spread, label=series.label,
+                      color=series.color, hatch="//" if series.hatched else None,
+                      error_kw={"elinewidth": 0.8, "capsize": 2})
+        axes.set_yticks(range(len(categories)))
+        axes.set_yticklabels(categories)
+        axes.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
+        axes.grid(axis="y", visible=False)
+        if log:
+            axes.set_xscale("log")
+            plain_ticks(axes.xaxis)
+        axes.set_title(title)
+        axes.set_xlabel(value_label)
+        if bars:
+            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        add_notes(axes, notes)
+        return figure
+
+
+def add_notes(axes, notes):
+    """Footnotes below the axes, wrapped."""
+    if not notes:
+        return
+    wrapped = [textwrap.fill(note, NOTE_WIDTH, subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False)
+               for note in notes]
+    # Below the x axis label, in points from the axes' bottom left corner.
+    axes.annotate("\n".join(wrapped), xy=(0, 0), xycoords="axes fraction", xytext=(-40, -40),
+                  textcoords="offset points", va="top", ha="left", fontsize=7.5, color="#333333")
 
 
 def svg_bytes(figure):
