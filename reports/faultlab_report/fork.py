@@ -12,15 +12,13 @@ Every number comes from the run; the only constants are units, the x86-64 page-t
 and the COW-PTE series' own published figures, which are labelled as such.
 """
 
-import csv
-import io
 import math
 import re
 import textwrap
 from dataclasses import dataclass
 
 from . import charts
-from .results import TIME, BadInput, Measure, load_run, write_files
+from .results import TIME, BadInput, Measure, benchmarks_csv, load_run, write_files
 
 # x86-64 geometry: one PTE table (4 KiB, 512 entries) maps a 2 MiB region of 4 KiB pages.
 REGION_MIB = 2
@@ -203,40 +201,6 @@ def at_size(sized, target_mib):
 
 def size_text(mib):
     return f"{mib // 1024} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib:g} MiB"
-
-
-# ---------------------------------------------------------------------------------------------
-# fork.csv
-
-def csv_text(benchmarks):
-    """One row per benchmark: its name's parts and arguments, the time column's mean, cv, min
-    and max over the repetitions, the mean of every counter, and why it was skipped."""
-    arg_names = {key for bench in benchmarks for key in bench.args}
-    args = [name for name in ("rss_mib",) if name in arg_names] + sorted(arg_names - {"rss_mib"})
-    counters = sorted({name for bench in benchmarks for name in bench.counter_names()})
-    header = (["half", "suite", "case", "variant"] + args +
-              ["repetitions", "time_ns_mean", "time_ns_cv", "time_ns_min", "time_ns_max",
-               "skipped"] + counters + ["benchmark"])
-    output = io.StringIO()
-    writer = csv.writer(output, lineterminator="\n")
-    writer.writerow(header)
-    for bench in benchmarks:
-        time = bench.measure(TIME)
-        cells = [bench.half, bench.suite, bench.case, bench.variant]
-        cells += [bench.args.get(name, "") for name in args]
-        cells.append(bench.repetitions)
-        if time is None:
-            cells += ["", "", "", ""]
-        else:
-            times_ns = bench.values(TIME)
-            cells += [repr(time.value), repr(time.cv), repr(min(times_ns)), repr(max(times_ns))]
-        cells.append(bench.skipped)
-        for name in counters:
-            measure = bench.measure(name)
-            cells.append("" if measure is None else repr(measure.value))
-        cells.append(bench.name)
-        writer.writerow(cells)
-    return output.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -886,7 +850,7 @@ def write_report(directory):
                        f"{KERNEL_RUN_COMMAND}, or {MODEL_RUN_COMMAND})")
     benchmarks = report_benchmarks(run)
     costs = region_costs(run)
-    files = {"fork.csv": csv_text(benchmarks).encode()}
+    files = {"fork.csv": benchmarks_csv(benchmarks, first_args=("rss_mib",)).encode()}
     left_out = []
     latency_svg = latency_chart(run, LATENCY_LINES)
     if latency_svg is None:

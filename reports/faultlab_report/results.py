@@ -6,6 +6,8 @@ median, stddev, cv). The aggregates are left out here and computed again from th
 so that every counter, not only the time column, gets its mean and spread the same way.
 """
 
+import csv
+import io
 import json
 import math
 import os
@@ -276,3 +278,36 @@ def write_files(directory, files):
             except FileNotFoundError:
                 pass  # already renamed into place
         raise
+
+
+def benchmarks_csv(benchmarks, first_args=()):
+    """One row per benchmark: its name's parts and arguments (first_args first, then the others
+    sorted), the time column's mean, cv, min and max over the repetitions, the mean of every
+    counter, and why it was skipped."""
+    arg_names = {key for bench in benchmarks for key in bench.args}
+    args = [name for name in first_args if name in arg_names]
+    args += sorted(arg_names - set(args))
+    counters = sorted({name for bench in benchmarks for name in bench.counter_names()})
+    header = (["half", "suite", "case", "variant"] + args +
+              ["repetitions", "time_ns_mean", "time_ns_cv", "time_ns_min", "time_ns_max",
+               "skipped"] + counters + ["benchmark"])
+    output = io.StringIO()
+    writer = csv.writer(output, lineterminator="\n")
+    writer.writerow(header)
+    for bench in benchmarks:
+        time = bench.measure(TIME)
+        cells = [bench.half, bench.suite, bench.case, bench.variant]
+        cells += [bench.args.get(name, "") for name in args]
+        cells.append(bench.repetitions)
+        if time is None:
+            cells += ["", "", "", ""]
+        else:
+            times_ns = bench.values(TIME)
+            cells += [repr(time.value), repr(time.cv), repr(min(times_ns)), repr(max(times_ns))]
+        cells.append(bench.skipped)
+        for name in counters:
+            measure = bench.measure(name)
+            cells.append("" if measure is None else repr(measure.value))
+        cells.append(bench.name)
+        writer.writerow(cells)
+    return output.getvalue()
