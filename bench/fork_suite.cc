@@ -591,9 +591,9 @@ void RegisterForkSuite(const RunOptions& options) {
         ->Unit(benchmark::kNanosecond);
   };
   // The floor of the sweep, first: a fork of faultlab's own process with no region, measured
-  // before anything else has run in it (the process grows: after the 4 KiB sweep a bare fork
-  // here costs more, ~0.4 ms instead of ~0.2, and a child takes 23 faults instead of 10 after
-  // the threads variant).
+  // before anything else has run in it. main.cc keeps the process from growing with the regions
+  // (glibc's mmap threshold); glibc's cache of the threads variant's stacks still gives a child
+  // 23 faults instead of 10 after that variant.
   const int floor_forks = 128;
   add("fork/latency_floor/fork", {0}, {"rss_mib"}, floor_forks, [](benchmark::State& st) {
     RunLatency(st, ForkBacking::kAnon4K, Variant::kPlain, Spawn::kFork, floor_forks);
