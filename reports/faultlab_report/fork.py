@@ -13,12 +13,12 @@ and the COW-PTE series' own published figures, which are labelled as such.
 """
 
 import math
-import re
-import textwrap
 from dataclasses import dataclass
 
 from . import charts
 from .results import TIME, BadInput, Measure, benchmarks_csv, load_run, write_files
+from .text import (format_ns, format_percent, significant, skipped_lines, times, with_spread,
+                   wrap)
 
 # x86-64 geometry: one PTE table (4 KiB, 512 entries) maps a 2 MiB region of 4 KiB pages.
 REGION_MIB = 2
@@ -43,9 +43,6 @@ SERIES_CHILD_PT_KB = (2096, 44)
 TIME_AGREES_WITHIN = 2.0
 UNCHANGED_WITHIN = 0.25      # eager fork "about unchanged": speedup within 1 +- 25%
 PT_KB_AGREES_WITHIN = 0.10   # page-table memory within 10%
-
-# The summary's lines are wrapped to this width.
-SUMMARY_WIDTH = 100
 
 # Fork figures that repeat within this cv are called repeatable in the summary.
 REPEATABLE_CV = 0.10
@@ -96,36 +93,6 @@ FLOORS = (("latency_floor", "fork", "fork of faultlab's own process, no region")
 
 # ---------------------------------------------------------------------------------------------
 # Numbers: formatting, points along RSS, slopes and interpolation.
-
-def significant(value, digits=3):
-    """A number with `digits` significant digits, never in exponent form."""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}"
-
-
-def format_ns(ns):
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if abs(ns) >= scale:
-            return f"{significant(ns / scale)} {unit}"
-    return f"{significant(ns)} ns"
-
-
-def format_percent(fraction, digits=2):
-    """0.0312 -> '3.1%'; with digits=3, 0.9953 -> '99.5%' (not a rounded-up '100%')."""
-    return f"{significant(fraction * 100, digits)}%"
-
-
-def with_spread(measure, formatter=format_ns):
-    """'21.2 ms ±3.1%'."""
-    return f"{formatter(measure.value)} ±{format_percent(measure.cv)}"
-
-
-def times(measure):
-    """A ratio with its spread: '155x ±9.1%'."""
-    return with_spread(measure, lambda value: f"{significant(value)}x")
-
 
 def kb(measure):
     return with_spread(measure, lambda value: f"{value:.0f} kB")
@@ -768,31 +735,6 @@ def spread_lines(run):
     return lines
 
 
-def skipped_lines(benchmarks):
-    """One line per reason. Reasons that differ only in their numbers (the hugetlb pages a size
-    needs) are one group, shown with the largest numbers, which cover the whole group."""
-    groups = {}
-    for bench in benchmarks:
-        if bench.skipped:
-            shape = re.sub(r"\d+", "N", bench.skipped)
-            groups.setdefault(shape, []).append(bench)
-    if not groups:
-        return []
-    lines = [""]
-    for benches in groups.values():
-        reasons = {bench.skipped for bench in benches}
-        largest = max(reasons, key=lambda reason: [int(n) for n in re.findall(r"\d+", reason)])
-        sizes = {}
-        for bench in benches:
-            base = bench.short_name.removesuffix(f"/rss_mib:{bench.rss_mib}")
-            sizes.setdefault(base, []).append(bench.rss_mib)
-        names = "; ".join(base if None in mibs else f"{base}/rss_mib:{','.join(map(str, mibs))}"
-                          for base, mibs in sizes.items())
-        note = " (the largest need)" if len(reasons) > 1 else ""
-        lines.append(f"Skipped {names}: {largest}{note}")
-    return lines
-
-
 def missing_lines(run, costs):
     kernel = any(bench.suite == "fork" for bench in run.benchmarks)
     model_fork = any((bench.suite, bench.case) == ("model", "fork") for bench in run.benchmarks)
@@ -808,16 +750,6 @@ def missing_lines(run, costs):
     return [""] + lines if lines else []
 
 
-def wrap(line):
-    """A long line wrapped to SUMMARY_WIDTH, continuation lines indented two more spaces."""
-    if len(line) <= SUMMARY_WIDTH:
-        return line
-    indent = line[:len(line) - len(line.lstrip())]
-    return textwrap.fill(line.strip(), SUMMARY_WIDTH, initial_indent=indent,
-                         subsequent_indent=indent + "  ", break_long_words=False,
-                         break_on_hyphens=False)
-
-
 def summary_text(run, benchmarks, costs, charts_left_out):
     lines = summary_header(run)
     lines += missing_lines(run, costs)
@@ -827,7 +759,7 @@ def summary_text(run, benchmarks, costs, charts_left_out):
     lines += per_entry_lines(run)
     lines += write_cost_lines(run, costs)
     lines += spread_lines(run)
-    lines += skipped_lines(benchmarks)
+    lines += skipped_lines(benchmarks, size_arg="rss_mib")
     if charts_left_out:
         lines += ["", *charts_left_out]
     return "\n".join(wrap(line) for line in lines) + "\n"
