@@ -30,6 +30,8 @@ RUN_FIELDS = frozenset({
 
 # Named arguments Google Benchmark adds for the harness; they do not say what was measured.
 HARNESS_ARGS = ("iterations", "repeats")
+# Plain pieces Google Benchmark appends for the clock a benchmark reports.
+HARNESS_SUFFIXES = ("manual_time", "real_time", "process_time")
 
 NS_PER_TIME_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
@@ -81,6 +83,7 @@ class Benchmark:
     suite: str
     case: str
     variant: str
+    detail: str                 # plain pieces after the variant ("shmem" in model/uffd/x/shmem)
     args: dict                  # named arguments, e.g. {"rss_mib": 256, "iterations": 16}
     rows: list = field(default_factory=list)  # the iteration rows, one per repetition
     skipped: str = ""           # why it did not run, or empty
@@ -97,7 +100,7 @@ class Benchmark:
     @property
     def short_name(self):
         """The name without the harness's arguments: fork/latency/anon4k/rss_mib:256."""
-        parts = [self.suite, self.case, self.variant]
+        parts = [self.suite, self.case, self.variant, self.detail]
         parts += [f"{key}:{value}" for key, value in self.args.items() if key not in HARNESS_ARGS]
         return "/".join(part for part in parts if part != "")
 
@@ -132,16 +135,18 @@ class Benchmark:
 
 def split_name(run_name):
     """'fork/latency/anon4k/rss_mib:256/iterations:16/repeats:3/manual_time' ->
-    ('fork', 'latency', 'anon4k', {'rss_mib': 256, 'iterations': 16, 'repeats': 3})."""
+    ('fork', 'latency', 'anon4k', '', {'rss_mib': 256, 'iterations': 16, 'repeats': 3});
+    'model/uffd/missing_copy/shmem/iterations:8' -> ('model', 'uffd', 'missing_copy', 'shmem',
+    {'iterations': 8}): plain pieces after the variant are its detail."""
     plain, args = [], {}
     for piece in run_name.split("/"):
         key, colon, value = piece.partition(":")
         if colon:
             args[key] = parse_arg_value(value)
-        else:
+        elif piece not in HARNESS_SUFFIXES:
             plain.append(piece)
     plain += ["", "", ""]
-    return plain[0], plain[1], plain[2], args
+    return plain[0], plain[1], plain[2], "/".join(plain[3:]).strip("/"), args
 
 
 @dataclass
