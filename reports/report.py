@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""faultlab's reports from a run directory: report.py KIND DIR (kinds: fork).
+"""faultlab's reports from a run directory: report.py KIND DIR (kinds: fork, uffd).
 
 Reads DIR/results.json and writes the report's files into DIR; prints the summary. Bad input
 (no such directory, no results.json, not faultlab's JSON, no rows for the report) is one line on
@@ -14,10 +14,10 @@ import sys
 # The source tree's .gitignore does not cover __pycache__: write none there.
 sys.dont_write_bytecode = True
 
-from faultlab_report import fork  # noqa: E402
+from faultlab_report import fork, uffd  # noqa: E402
 from faultlab_report.results import BadInput  # noqa: E402
 
-KINDS = {"fork": fork.write_report}
+KINDS = {"fork": fork.write_report, "uffd": uffd.write_report}
 
 
 def main(argv):

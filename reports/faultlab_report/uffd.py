@@ -1,0 +1,306 @@
+"""`faultlab report uffd DIR`: userfaultfd round trips on the real kernel (suite uffd) beside the
+model's, and guard regions against mprotect (suite guard), from DIR/results.json. Writes into DIR:
+
+- uffd.csv: one row per benchmark of suites uffd and guard and of the model cases beside them;
+- uffd_round_trip.svg: the median round trip of each case and memory type, one bar per handler
+  mode and one for the model;
+- uffd_summary.txt: the round trips and where their time goes, continue against copy, the
+  handler against its floor, the kernel against the model, guard regions against mprotect, and
+  what was skipped (also returned, for printing).
+
+Every number comes from the run; the only constants are the names of the cases and the issue's
+target for the handler (at most 10% over its floor).
+"""
+
+from dataclasses import dataclass
+
+from . import charts
+from .results import BadInput, benchmarks_csv, load_run, write_files
+from .text import format_ns, format_percent, significant, skipped_lines, times, with_spread, wrap
+
+# The kernel's cases in the order the chart and the summary show them, with the memory types
+# each runs on.
+CASES = (("missing_copy", ("anon4k", "shmem", "hugetlb2m")),
+         ("missing_zeropage", ("anon4k", "shmem", "hugetlb2m")),
+         ("minor_continue", ("shmem", "hugetlb2m")),
+         ("wp", ("anon4k", "shmem", "hugetlb2m")))
+MODES = ("same_cpu", "other_cpu", "sigbus")
+MODE_COLORS = {"same_cpu": "C0", "other_cpu": "C1", "sigbus": "C2"}
+MODEL_COLOR = "C7"
+
+# The model case that does what a kernel case does, without the trap: (case, memory) ->
+# (model case, variant, detail). The model's uffd handler runs in the faulting thread.
+MODEL_BESIDE = {
+    ("missing_copy", "anon4k"): ("uffd", "missing_copy", "anon4k"),
+    ("missing_copy", "shmem"): ("uffd", "missing_copy", "shmem"),
+    ("missing_zeropage", "anon4k"): ("uffd", "missing_zeropage", "anon4k"),
+    ("minor_continue", "shmem"): ("uffd", "minor_continue", "shmem"),
+}
+
+# The issue's target: a thread handler adds at most 10% over the floor of its mode.
+HANDLER_TARGET = 1.10
+
+RUN_COMMAND = "./scripts/faultlab run --suite uffd,guard"
+
+
+@dataclass
+class RoundTrip:
+    """One kernel row: its case, memory, mode, and the benchmark."""
+    case: str
+    memory: str
+    mode: str
+    bench: object
+
+
+def median_round_trip(bench):
+    """The round trip's median per repetition (p50_ns), mean and spread over the repetitions; the
+    time column's mean where a row has no p50_ns."""
+    return bench.measure("p50_ns") or bench.measure()
+
+
+def round_trips(run):
+    """Every uffd row that ran, keyed by (case, memory, mode)."""
+    found = {}
+    for bench in run.benchmarks:
+        if bench.suite == "uffd" and not bench.skipped and bench.args.get("handler") in MODES:
+            found[(bench.case, bench.variant, bench.args["handler"])] = bench
+    return found
+
+
+def model_row(run, case, memory):
+    beside = MODEL_BESIDE.get((case, memory))
+    if beside is None:
+        return None
+    model_case, variant, detail = beside
+    for bench in run.benchmarks:
+        if (bench.suite, bench.case, bench.variant, bench.detail) == ("model", model_case, variant,
+                                                                       detail):
+            return None if bench.skipped else bench
+    return None
+
+
+def categories(run, found):
+    """(case, memory) pairs that have a kernel row or a model row, in CASES order."""
+    pairs = []
+    for case, memories in CASES:
+        for memory in memories:
+            if any((case, memory, mode) in found for mode in MODES) or model_row(run, case, memory):
+                pairs.append((case, memory))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# uffd_round_trip.svg
+
+def round_trip_chart(run, found, pairs):
+    """Median round trip per case and memory, a bar per handler mode and for the model; the error
+    bars span the repetitions' medians."""
+    if not pairs:
+        return None
+    bars = []
+    for mode in MODES:
+        values, low, high = [], [], []
+        for case, memory in pairs:
+            bench = found.get((case, memory, mode))
+            medians = bench.values("p50_ns") if bench else []
+            values.append(median_round_trip(bench).value / 1e3 if medians else None)
+            low.append(min(medians) / 1e3 if medians else None)
+            high.append(max(medians) / 1e3 if medians else None)
+        if any(value is not None for value in values):
+            bars.append(charts.Bars(f"kernel, handler {mode}", values, low, high,
+                                    color=MODE_COLORS[mode]))
+    model_values = []
+    for case, memory in pairs:
+        bench = model_row(run, case, memory)
+        measure = bench.measure("median_ns") or bench.measure() if bench else None
+        model_values.append(measure.value / 1e3 if measure else None)
+    if any(value is not None for value in model_values):
+        bars.append(charts.Bars("model (no trap; handler in the faulting thread)", model_values,
+                                color=MODEL_COLOR, hatched=True))
+    notes = [f"Kernel bars: the median fault of each repetition, averaged over repetitions; "
+             f"error bars span the repetitions. {run.machine()}.",
+             "same_cpu / other_cpu: a handler thread polling the descriptor on the faulting "
+             "thread's CPU or another; sigbus: UFFD_FEATURE_SIGBUS, resolved in the faulting "
+             "thread's signal handler."]
+    if any(value is not None for value in model_values):
+        notes.append("Model: the same resolution as a function call in the faulting thread "
+                     "(median per fault): what the fast path costs without the trap, the "
+                     "wake-ups and the syscalls.")
+    chart = charts.bar_chart(
+        [f"{case} {memory}" for case, memory in pairs], bars, log=True,
+        title="userfaultfd round trip: fault, handler, ioctl, the faulting thread resumes",
+        value_label="µs per fault (median; log scale)", notes=notes)
+    return charts.svg_bytes(chart)
+
+
+# ---------------------------------------------------------------------------------------------
+# uffd_summary.txt
+
+def summary_header(run):
+    date = run.context.get("date")
+    return [f"faultlab uffd report: {run.machine()}" + (f"; run {date}" if date else "") +
+            ". Round trips: the median fault of a repetition, mean over repetitions ± their cv."]
+
+
+def round_trip_lines(run, found, pairs):
+    lines = ["", "Round trip per fault (kernel), by handler mode; the model beside it:"]
+    for case, memory in pairs:
+        parts = []
+        for mode in MODES:
+            bench = found.get((case, memory, mode))
+            if bench:
+                parts.append(f"{mode} {with_spread(median_round_trip(bench))}")
+        model = model_row(run, case, memory)
+        model_measure = (model.measure("median_ns") or model.measure()) if model else None
+        if model_measure:
+            text = f"model {format_ns(model_measure.value)}"
+            fastest = min((median_round_trip(found[(case, memory, mode)]).value
+                           for mode in MODES if (case, memory, mode) in found), default=None)
+            if fastest:
+                text += f" (the fastest kernel mode is {significant(fastest / model_measure.value)}x)"
+            parts.append(text)
+        lines.append(f"  {case} {memory}: " + ("; ".join(parts) if parts else "no row ran") + ".")
+    return lines
+
+
+def split_lines(found, pairs):
+    """Where a same_cpu round trip goes: to the handler, the ioctl alone, back."""
+    lines = []
+    for case, memory in pairs:
+        bench = found.get((case, memory, "same_cpu"))
+        if not bench:
+            continue
+        figures = {name: bench.measure(name) for name in
+                   ("to_handler_ns", "ioctl_alone_ns", "to_resume_ns", "trap_ns", "resumed_first")}
+        if figures["to_handler_ns"] is None or figures["ioctl_alone_ns"] is None:
+            continue
+        text = (f"  {case} {memory}: to the handler {format_ns(figures['to_handler_ns'].value)}, "
+                f"the ioctl alone {format_ns(figures['ioctl_alone_ns'].value)}")
+        if figures["to_resume_ns"] is not None:
+            text += f", back to the faulting thread {format_ns(figures['to_resume_ns'].value)}"
+        if figures["resumed_first"] is not None and figures["resumed_first"].value > 0.5:
+            text += (f" (the faulting thread ran before the handler's stamp in "
+                     f"{format_percent(figures['resumed_first'].value)} of faults: the split is "
+                     "blurred, the ioctl alone is not)")
+        lines.append(text + ".")
+    if lines:
+        lines.insert(0, "")
+        lines.insert(1, "Split of the same_cpu round trip (medians):")
+    return lines
+
+
+def continue_lines(found):
+    """minor_continue against missing_copy on the same memory, per mode."""
+    lines = []
+    for memory in ("shmem", "hugetlb2m"):
+        parts = []
+        for mode in MODES:
+            bench = found.get(("minor_continue", memory, mode))
+            ratio = bench.measure("continue_vs_copy") if bench else None
+            if ratio is not None and ratio.value > 0:
+                parts.append(f"{mode} {times(ratio)} ({format_percent(1 - ratio.value)} saved)")
+        if parts:
+            lines.append(f"  {memory}: " + ", ".join(parts) + ".")
+    if lines:
+        lines[:0] = ["", "UFFDIO_CONTINUE against UFFDIO_COPY on the same pages, same run (round "
+                         "trip medians): the page is in the cache already, so no copy and no "
+                         "allocation, the saving the minor-fault series was written for."]
+    return lines
+
+
+def handler_lines(found):
+    """handler_vs_floor per thread-mode row, against the issue's target."""
+    rows = [(key, bench.measure("handler_vs_floor")) for key, bench in found.items()
+            if key[2] != "sigbus" and bench.measure("handler_vs_floor") is not None]
+    if not rows:
+        return []
+    # A ratio of zero or less means the ioctl alone took longer than the whole round trip: the
+    # subtraction says nothing of the handler then.
+    measured = [(key, ratio) for key, ratio in rows if ratio.value > 0]
+    unmeasured = [key for key, ratio in rows if ratio.value <= 0]
+    met = [key for key, ratio in measured if ratio.value <= HANDLER_TARGET]
+    lines = ["", f"Handler against its floor (target <= {HANDLER_TARGET:.2f}; (round trip - the "
+                 "ioctl alone - a zero-page fault's trap) / an eventfd ping-pong between two "
+                 "threads pinned the same way, all medians of the same run): "
+                 f"{len(met)} of {len(measured)} rows meet it."]
+    for (case, memory, mode), ratio in sorted(measured, key=lambda row: -row[1].value):
+        lines.append(f"  {case} {memory} {mode}: {significant(ratio.value)} "
+                     f"{'met' if ratio.value <= HANDLER_TARGET else 'missed'}")
+    if unmeasured:
+        lines.append("  Not measured, the ioctl alone took longer than the round trip: " +
+                     ", ".join(" ".join(key) for key in sorted(unmeasured)) + ".")
+    return lines
+
+
+def guard_lines(run):
+    """Guard markers against mprotect(PROT_NONE): per page, the VMAs left, the SIGSEGV."""
+    rows = [bench for bench in run.benchmarks if bench.suite == "guard" and not bench.skipped]
+    if not rows:
+        return []
+    lines = ["", "Guard regions (MADV_GUARD_INSTALL/REMOVE) against mprotect(PROT_NONE), per page:"]
+    for operation in ("install", "remove", "fault"):
+        for guard in [bench for bench in rows if bench.case == operation]:
+            twin = run.find("guard", f"{operation}_mprotect", guard.variant,
+                            **{key: value for key, value in guard.args.items()
+                               if key not in ("iterations", "repeats")})
+            if twin is None or twin.skipped:
+                continue
+            label = "/".join(f"{key}:{value}" for key, value in guard.args.items()
+                             if key not in ("iterations", "repeats", "rounds"))
+            text = (f"  {operation} {label}: guard {with_spread(guard.measure())}, mprotect "
+                    f"{with_spread(twin.measure())} ({times(twin.measure() / guard.measure())} "
+                    "the guard's)")
+            vmas, twin_vmas = guard.measure("vmas_after"), twin.measure("vmas_after")
+            if operation == "install" and vmas is not None and twin_vmas is not None:
+                text += f"; VMAs left {vmas.value:.0f} against {twin_vmas.value:.0f}"
+            lines.append(text + ".")
+    return lines
+
+
+def summary_text(run, benchmarks, found, pairs, left_out):
+    lines = summary_header(run)
+    if not found:
+        lines += ["", f"No uffd row ran (run {RUN_COMMAND})."]
+    lines += round_trip_lines(run, found, pairs)
+    lines += split_lines(found, pairs)
+    lines += continue_lines(found)
+    lines += handler_lines(found)
+    lines += guard_lines(run)
+    lines += skipped_lines(benchmarks, size_arg="pages")
+    if left_out:
+        lines += ["", *left_out]
+    return "\n".join(wrap(line) for line in lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+
+def report_benchmarks(run):
+    """The benchmarks this report covers: suites uffd and guard, and the model cases beside."""
+    beside = {("model", case, variant, detail) for case, variant, detail in MODEL_BESIDE.values()}
+    return [bench for bench in run.benchmarks
+            if bench.suite in ("uffd", "guard") or
+            (bench.suite, bench.case, bench.variant, bench.detail) in beside or
+            (bench.suite == "model" and bench.case in ("marker_fault", "zap", "guard", "uffd_wp"))]
+
+
+def write_report(directory):
+    """Writes the uffd report into directory; returns the summary. Raises BadInput."""
+    run = load_run(directory)
+    if not any(bench.suite in ("uffd", "guard") for bench in run.benchmarks):
+        raise BadInput(f"{run.directory / 'results.json'}: no uffd or guard rows (run "
+                       f"{RUN_COMMAND})")
+    benchmarks = report_benchmarks(run)
+    found = round_trips(run)
+    pairs = categories(run, found)
+    files = {"uffd.csv": benchmarks_csv(benchmarks, first_args=("handler", "pages")).encode()}
+    left_out = []
+    chart = round_trip_chart(run, found, pairs)
+    if chart is None:
+        left_out.append("uffd_round_trip.svg not written: no uffd round trip ran.")
+    else:
+        files["uffd_round_trip.svg"] = chart
+    summary = summary_text(run, benchmarks, found, pairs, left_out)
+    files["uffd_summary.txt"] = summary.encode()
+    write_files(run.directory, files)
+    return summary, sorted(files)
+
