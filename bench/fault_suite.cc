@@ -15,6 +15,17 @@
 // The harness cost is measured, not assumed: the same stamped loop run over the last round's
 // already-populated pages gives the cost of a stamp and a touch without a fault (harness_ns,
 // harness_ratio = harness_ns / mean fault).
+//
+// The zero page cases, 4 KiB and THP: a read fault maps a zero page (the shared 4 KiB one, or
+// with MADV_HUGEPAGE and /sys/kernel/mm/transparent_hugepage/use_zero_page=1 the huge zero page,
+// one PMD per 2 MiB), and the write after it replaces it. The premise after the reads (before
+// the writes, for write_after_zeropage): every page present, Rss and AnonHugePages 0, and as root
+// pagemap's frames the same in every fault-sized page. Zero page mappings do not count in Rss:
+// rss_kb_after_read and rss_kb_after_write (smaps, last round) show the effect, and on THP
+// thp_kb_after_write (AnonHugePages) says whether the write got a THP (kernels with
+// do_huge_zero_wp_pmd allocate one in its place; 6.18 here does) or the PMD was split and only the
+// written 4 KiB page allocated (older kernels, or no THP to be had).
+// The THP rows are skipped when use_zero_page is 0; faultlab never changes the setting.
 
 #include <fcntl.h>
 #include <linux/mman.h>
@@ -30,6 +41,7 @@
 #include <cmath>
 #include <cstring>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -92,6 +104,12 @@ const Case kCases[] = {
     {"write_after_zeropage", Access::kWriteAfterZeropage, Memory::kAnon4K},
     // do_huge_pmd_anonymous_page: one fault allocates and zeroes a 2 MiB page.
     {"write", Access::kWrite, Memory::kThp},
+    // do_huge_pmd_anonymous_page, read: map the huge zero page, one PMD per 2 MiB; no
+    // allocation, not counted in Rss or AnonHugePages.
+    {"read_zeropage", Access::kReadZeropage, Memory::kThp},
+    // do_huge_pmd_wp_page on the huge zero page: a THP allocated and zeroed in its place, or the
+    // PMD split and one 4 KiB page allocated (thp_kb_after_write says which the kernel did).
+    {"write_after_zeropage", Access::kWriteAfterZeropage, Memory::kThp},
     // hugetlb_no_page from the reserved pool, 2 MiB and 1 GiB.
     {"write", Access::kWrite, Memory::kHugetlb2M},
     {"write", Access::kWrite, Memory::kHugetlb1G},
@@ -235,9 +253,64 @@ void Touch(Access access, char* base, std::size_t stride, std::size_t count, uin
   }
 }
 
-// The premise of each case, checked on the first round before any figure is trusted.
-std::string CheckPremise(const Case& c, const Region& region) {
+// The huge zero page cases need use_zero_page=1 (without it a THP read fault allocates a huge
+// page). Read afresh for each case: faultlab never changes it, but someone else may.
+std::string WhyNoHugeZeroPage() {
+  const std::string path = "/sys/kernel/mm/transparent_hugepage/use_zero_page";
+  std::ifstream in(path);
+  long value = -1;
+  if (!(in >> value)) return "cannot read " + path;
+  if (value != 1) {
+    return path + " is " + std::to_string(value) +
+           ": THP read faults allocate huge pages instead of mapping the huge zero page";
+  }
+  return {};
+}
+
+// The zero page over the whole region, as read faults leave it: every page present, nothing
+// counted in Rss or AnonHugePages (zero page mappings are not), and, where pagemap shows frames
+// (as root), the same frames in every fault-sized page: the one shared zero page for 4 KiB, the
+// huge zero page's 512 for THP (one PMD per 2 MiB). *zero_pfn: its first frame (0 when frames are
+// hidden); *rss_kb: the region's Rss.
+std::string CheckZeroPageMapped(const MemoryKind& kind, const Region& region, uint64_t* zero_pfn,
+                                long* rss_kb) {
+  const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
+  if (pagemap.empty()) return "cannot read /proc/self/pagemap";
+  if (CountPresent(pagemap) != pagemap.size()) {
+    return "only " + std::to_string(CountPresent(pagemap)) + " of " +
+           std::to_string(pagemap.size()) + " pages present after the reads";
+  }
+  const std::map<std::string, long> smaps = SmapsOf(region.base());
+  const char* zero_page = kind.page == kPage4K ? "zero page" : "huge zero page";
+  *rss_kb = SmapsField(smaps, "Rss");
+  if (*rss_kb != 0 || SmapsField(smaps, "AnonHugePages") != 0) {
+    return std::string("read faults did not map the ") + zero_page + " (Rss " +
+           std::to_string(*rss_kb) + " kB, AnonHugePages " +
+           std::to_string(SmapsField(smaps, "AnonHugePages")) +
+           " kB; is /sys/kernel/mm/transparent_hugepage/use_zero_page relevant?)";
+  }
+  *zero_pfn = PagemapPfn(pagemap[0]);
+  if (*zero_pfn == 0) return {};  // frames hidden: not root
+  const std::size_t frames = kind.page / kPage4K;
+  for (std::size_t i = 0; i < pagemap.size(); ++i) {
+    if (PagemapPfn(pagemap[i]) != *zero_pfn + i % frames) {
+      return "page " + std::to_string(i) + " maps frame " + Hex(PagemapPfn(pagemap[i])) +
+             ", not frame " + Hex(*zero_pfn + i % frames) + " of the " + zero_page +
+             " the first page maps";
+    }
+  }
+  return {};
+}
+
+// The premise of each case, checked on the first round before any figure is trusted. zero_pfn:
+// write_after_zeropage's zero page frame before the writes (0: unknown).
+std::string CheckPremise(const Case& c, const Region& region, uint64_t zero_pfn) {
   const MemoryKind& kind = KindOf(c.memory);
+  if (c.access == Access::kReadZeropage) {
+    uint64_t pfn = 0;
+    long rss_kb = -1;
+    return CheckZeroPageMapped(kind, region, &pfn, &rss_kb);
+  }
   const long kb = static_cast<long>(region.bytes() / 1024);
   const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
   if (pagemap.empty()) return "cannot read /proc/self/pagemap";
@@ -253,18 +326,26 @@ std::string CheckPremise(const Case& c, const Region& region) {
         return "4 KiB case got huge pages (AnonHugePages " + std::to_string(field("AnonHugePages")) +
                " kB) despite MADV_NOHUGEPAGE";
       }
-      if (c.access == Access::kReadZeropage) {
-        // The zero page is not counted in Rss: a non-zero Rss means reads allocated pages.
-        if (field("Rss") != 0) {
-          return "read faults did not map the zero page (Rss " + std::to_string(field("Rss")) +
-                 " kB; is /sys/kernel/mm/transparent_hugepage/use_zero_page relevant?)";
-        }
-      } else if (field("Rss") != kb) {
+      if (field("Rss") != kb) {
         return "Rss " + std::to_string(field("Rss")) + " kB, expected " + std::to_string(kb);
       }
       break;
     case Memory::kThp:
-      if (field("AnonHugePages") != kb) {
+      if (c.access == Access::kWriteAfterZeropage) {
+        // A THP in place of the huge zero page, or a split PMD with one new 4 KiB page: either is
+        // the kernel's answer (thp_kb_after_write). Each write must have replaced the zero page.
+        const std::size_t frames = kind.page / kPage4K;
+        const long faults = static_cast<long>(region.bytes() / kind.page);
+        if (field("Rss") < faults * static_cast<long>(kPage4K / 1024)) {
+          return "Rss " + std::to_string(field("Rss")) + " kB after " + std::to_string(faults) +
+                 " writes: they did not all allocate";
+        }
+        for (std::size_t i = 0; zero_pfn != 0 && i < pagemap.size(); i += frames) {
+          if (PagemapPfn(pagemap[i]) - zero_pfn < frames) {
+            return "the write at page " + std::to_string(i) + " left the huge zero page mapped";
+          }
+        }
+      } else if (field("AnonHugePages") != kb) {
         return "THP not granted: AnonHugePages " + std::to_string(field("AnonHugePages")) +
                " of " + std::to_string(kb) + " kB (memory fragmented, or THP defrag off?)";
       }
@@ -306,6 +387,13 @@ std::string CheckPremise(const Case& c, const Region& region) {
 constexpr int kMaxWarmupRounds = 10;
 constexpr double kStableWithin = 0.05;
 
+// The zero page cases' smaps figures, from the last measured round; -1 where not taken.
+struct ZeroPageRss {
+  long rss_kb_after_read = -1;
+  long rss_kb_after_write = -1;
+  long thp_kb_after_write = -1;  // AnonHugePages: did the write get a THP?
+};
+
 struct WorkerResult {
   std::vector<double> ns;  // steady-state samples, one per fault
   double first_round_ns = 0;
@@ -314,6 +402,7 @@ struct WorkerResult {
   double harness_ns = 0;
   CounterTotals counters;
   double start_ns = 0, end_ns = 0;  // wall clock of the measured rounds, for throughput
+  ZeroPageRss zero_page;
   std::string error;
 };
 
@@ -342,10 +431,20 @@ WorkerResult MeasureWorker(const Case& c, std::size_t bytes, int rounds, int wor
       result.error = error;
       return std::nullopt;
     }
+    uint64_t zero_pfn = 0;
     if (c.access == Access::kWriteAfterZeropage) {
       // Populate with the zero page first (the stamps are not used); only the writes that
       // replace it are timed.
       StampedTouch<false>(region.base(), kind.page, count, ticks.data());
+      if (verify || last) {
+        long rss_kb = -1;
+        if (std::string error = CheckZeroPageMapped(kind, region, &zero_pfn, &rss_kb);
+            !error.empty()) {
+          result.error = "before the writes: " + error;
+          return std::nullopt;
+        }
+        result.zero_page.rss_kb_after_read = rss_kb;
+      }
     }
     const std::vector<double> before = measured ? group.Read() : std::vector<double>{};
     Touch(c.access, region.base(), kind.page, count, ticks.data());
@@ -360,9 +459,18 @@ WorkerResult MeasureWorker(const Case& c, std::size_t bytes, int rounds, int wor
       for (uint64_t t : ticks) result.ns.push_back(static_cast<double>(t) * ns_per_tick);
     }
     if (verify || last) {
-      if (std::string error = CheckPremise(c, region); !error.empty()) {
+      if (std::string error = CheckPremise(c, region, zero_pfn); !error.empty()) {
         result.error = error;
         return std::nullopt;
+      }
+    }
+    if (last && c.access != Access::kWrite) {
+      const std::map<std::string, long> smaps = SmapsOf(region.base());
+      if (c.access == Access::kReadZeropage) {
+        result.zero_page.rss_kb_after_read = SmapsField(smaps, "Rss");
+      } else {
+        result.zero_page.rss_kb_after_write = SmapsField(smaps, "Rss");
+        result.zero_page.thp_kb_after_write = SmapsField(smaps, "AnonHugePages");
       }
     }
     if (last) {
@@ -413,6 +521,7 @@ struct ChildSlot {
   int warmup_rounds, stable, done;
   std::size_t counter_count;
   double counters[kMaxCounters];
+  ZeroPageRss zero_page;
   char error[256];
   std::size_t samples;  // followed by `samples` doubles
 };
@@ -477,6 +586,7 @@ std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int
       out->end_ns = r.end_ns;
       out->warmup_rounds = r.warmup_rounds;
       out->stable = r.stable;
+      out->zero_page = r.zero_page;
       out->counter_count = std::min(r.counters.sums.size(), kMaxCounters);
       std::copy_n(r.counters.sums.begin(), out->counter_count, out->counters);
       std::snprintf(out->error, sizeof(out->error), "%s", r.error.c_str());
@@ -509,6 +619,7 @@ std::vector<WorkerResult> MeasureProcesses(const Case& c, std::size_t bytes, int
       r.end_ns = in->end_ns;
       r.warmup_rounds = in->warmup_rounds;
       r.stable = in->stable != 0;
+      r.zero_page = in->zero_page;
       r.counters.sums.assign(in->counters, in->counters + in->counter_count);
       r.error = in->error;
       const auto* samples = reinterpret_cast<const double*>(in + 1);
@@ -536,12 +647,17 @@ ThreadCollector& Collector() {
 }
 
 // Why the case cannot run here with `workers` workers; empty if it can.
-std::string WhyCaseCannotRun(const MemoryKind& kind, std::size_t bytes, int workers) {
+std::string WhyCaseCannotRun(const Case& c, std::size_t bytes, int workers) {
+  const MemoryKind& kind = KindOf(c.memory);
   const bool hugetlb = kind.memory == Memory::kHugetlb2M || kind.memory == Memory::kHugetlb1G;
-  return WhyCannotRun(kind.needs, hugetlb ? kind.page : 0,
-                      static_cast<long>(bytes / kind.page) * workers,
-                      CurrentRunOptions().node.value_or(-1))
-      .value_or("");
+  std::string why = WhyCannotRun(kind.needs, hugetlb ? kind.page : 0,
+                                 static_cast<long>(bytes / kind.page) * workers,
+                                 CurrentRunOptions().node.value_or(-1))
+                        .value_or("");
+  if (why.empty() && c.memory == Memory::kThp && c.access != Access::kWrite) {
+    why = WhyNoHugeZeroPage();
+  }
+  return why;
 }
 
 void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& results,
@@ -557,7 +673,13 @@ void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& r
   double first = 0, harness = 0, start = 1e300, end = 0;
   int warmup = 0;
   bool stable = true;
+  // The zero page figures per worker's region, as the workers' mean (every worker takes them,
+  // or none does).
+  double rss_after_read = 0, rss_after_write = 0, thp_after_write = 0;
   for (WorkerResult& r : results) {
+    rss_after_read += static_cast<double>(r.zero_page.rss_kb_after_read);
+    rss_after_write += static_cast<double>(r.zero_page.rss_kb_after_write);
+    thp_after_write += static_cast<double>(r.zero_page.thp_kb_after_write);
     all.insert(all.end(), r.ns.begin(), r.ns.end());
     totals.Merge(r.counters);
     first += r.first_round_ns;
@@ -581,6 +703,18 @@ void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& r
   state.counters["ns_per_4k"] = summary.mean / static_cast<double>(kind.page / kPage4K);
   state.counters["faults_per_sec"] = end > start ? faults / ((end - start) * 1e-9) : 0;
   state.counters["workers"] = workers;
+  const ZeroPageRss& taken = results.front().zero_page;
+  if (taken.rss_kb_after_read >= 0) state.counters["rss_kb_after_read"] = rss_after_read / n;
+  if (taken.rss_kb_after_write >= 0) state.counters["rss_kb_after_write"] = rss_after_write / n;
+  std::string after_write;
+  if (taken.thp_kb_after_write >= 0 && c.memory == Memory::kThp) {
+    const double thp_kb = thp_after_write / n;
+    state.counters["thp_kb_after_write"] = thp_kb;
+    const double region_kb = static_cast<double>(state.range(0)) * 1024;
+    after_write = thp_kb == region_kb ? " write_got=thp"
+                  : thp_kb == 0       ? " write_got=4k_after_split"
+                                      : " write_got=some_thp";
+  }
   std::string cpus;
   for (std::size_t i = 0; i < static_cast<std::size_t>(workers); ++i) {
     const auto& list = CurrentRunOptions().cpus;
@@ -589,11 +723,11 @@ void Report(benchmark::State& state, const Case& c, std::vector<WorkerResult>& r
   }
   const auto& node = CurrentRunOptions().node;
   state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + (cpus.empty() ? "any" : cpus) +
-                 " node=" + (node ? std::to_string(*node) : "any") + " premise=verified");
+                 " node=" + (node ? std::to_string(*node) : "any") + after_write +
+                 " premise=verified");
 }
 
 void RunFaultCase(benchmark::State& state, const Case& c) {
-  const MemoryKind& kind = KindOf(c.memory);
   const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
   const int procs = static_cast<int>(state.range(1));
   const int rounds = static_cast<int>(state.range(2));
@@ -604,7 +738,7 @@ void RunFaultCase(benchmark::State& state, const Case& c) {
 
   std::string skip;
   if (reporter) {
-    skip = WhyCaseCannotRun(kind, bytes, workers);
+    skip = WhyCaseCannotRun(c, bytes, workers);
     std::lock_guard<std::mutex> lock(collector.mutex);
     collector.skip = skip;
     collector.decided = true;

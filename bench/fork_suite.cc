@@ -683,10 +683,7 @@ void RegisterForkSuite(const RunOptions& options) {
 
   // The model's half of the comparison runs in the same invocation (same machine state and
   // pinning), unless the model suite runs anyway.
-  const auto& suites = options.suites;
-  if (std::find(suites.begin(), suites.end(), "model") == suites.end()) {
-    RegisterModelForkCases(options);
-  }
+  if (!RunsSuite(options, "model")) RegisterModelForkCases(options);
 }
 
 std::vector<SuiteVariant> ForkVariants() {

@@ -27,6 +27,12 @@ std::vector<uint64_t> ReadPagemap(const void* addr, std::size_t len) {
   return entries;
 }
 
+std::string Hex(uint64_t value) {
+  char text[24];
+  std::snprintf(text, sizeof(text), "0x%llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
 std::size_t CountPresent(const std::vector<uint64_t>& pagemap) {
   std::size_t present = 0;
   for (uint64_t e : pagemap) present += PagemapPresent(e);

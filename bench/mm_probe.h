@@ -18,6 +18,13 @@ std::vector<uint64_t> ReadPagemap(const void* addr, std::size_t len);
 
 // Bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
 inline bool PagemapPresent(uint64_t e) { return (e >> 63) & 1; }
+// The page frame of a present entry; 0 unless the reader has CAP_SYS_ADMIN (root here).
+inline uint64_t PagemapPfn(uint64_t e) { return e & ((uint64_t{1} << 55) - 1); }
+// A guard region marker (MADV_GUARD_INSTALL) at this page; reported since Linux 6.15.
+inline bool PagemapGuardRegion(uint64_t e) { return (e >> 58) & 1; }
+
+// "0x1f2e3d": a pagemap entry, frame or address as people compare them.
+std::string Hex(uint64_t value);
 
 // How many pages of the range are present.
 std::size_t CountPresent(const std::vector<uint64_t>& pagemap);

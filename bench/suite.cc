@@ -1,5 +1,6 @@
 #include "bench/suite.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace faultlab {
@@ -20,6 +21,10 @@ RunOptions& Options() {
 
 const RunOptions& CurrentRunOptions() { return Options(); }
 void SetCurrentRunOptions(RunOptions options) { Options() = std::move(options); }
+
+bool RunsSuite(const RunOptions& options, const std::string& name) {
+  return std::find(options.suites.begin(), options.suites.end(), name) != options.suites.end();
+}
 
 bool AddSuite(Suite suite) {
   SuiteList().push_back(std::move(suite));

@@ -30,6 +30,9 @@ struct RunOptions {
 
 // The options of the current run; suites and the harness read them.
 const RunOptions& CurrentRunOptions();
+// Whether the run registers the suite `name` (a kernel suite registers the model's cases beside
+// its own only when the model suite does not run anyway).
+bool RunsSuite(const RunOptions& options, const std::string& name);
 void SetCurrentRunOptions(RunOptions options);
 
 struct SuiteVariant {

@@ -53,9 +53,14 @@ class RoundTrip:
 
 
 def median_round_trip(bench):
-    """The round trip's median per repetition (p50_ns), mean and spread over the repetitions; the
-    time column's mean where a row has no p50_ns."""
+    """A kernel row's median event per repetition (p50_ns), mean and spread over the
+    repetitions; the time column's mean where a row has no p50_ns."""
     return bench.measure("p50_ns") or bench.measure()
+
+
+def model_median(bench):
+    """A model row's median per operation (median_ns), or its time column's mean."""
+    return bench.measure("median_ns") or bench.measure()
 
 
 def round_trips(run):
@@ -112,7 +117,7 @@ def round_trip_chart(run, found, pairs):
     model_values = []
     for case, memory in pairs:
         bench = model_row(run, case, memory)
-        measure = bench.measure("median_ns") or bench.measure() if bench else None
+        measure = model_median(bench) if bench else None
         model_values.append(measure.value / 1e3 if measure else None)
     if any(value is not None for value in model_values):
         bars.append(charts.Bars("model (no trap; handler in the faulting thread)", model_values,
@@ -143,6 +148,8 @@ def summary_header(run):
 
 
 def round_trip_lines(run, found, pairs):
+    if not pairs:
+        return []
     lines = ["", "Round trip per fault (kernel), by handler mode; the model beside it:"]
     for case, memory in pairs:
         parts = []
@@ -151,7 +158,7 @@ def round_trip_lines(run, found, pairs):
             if bench:
                 parts.append(f"{mode} {with_spread(median_round_trip(bench))}")
         model = model_row(run, case, memory)
-        model_measure = (model.measure("median_ns") or model.measure()) if model else None
+        model_measure = model_median(model) if model else None
         if model_measure:
             text = f"model {format_ns(model_measure.value)}"
             fastest = min((median_round_trip(found[(case, memory, mode)]).value
@@ -237,7 +244,8 @@ def guard_lines(run):
     rows = [bench for bench in run.benchmarks if bench.suite == "guard" and not bench.skipped]
     if not rows:
         return []
-    lines = ["", "Guard regions (MADV_GUARD_INSTALL/REMOVE) against mprotect(PROT_NONE), per page:"]
+    lines = ["", "Guard regions (MADV_GUARD_INSTALL/REMOVE) against mprotect(PROT_NONE), median per "
+                 "call of one guard page (a fault: the SIGSEGV's round trip):"]
     for operation in ("install", "remove", "fault"):
         for guard in [bench for bench in rows if bench.case == operation]:
             twin = run.find("guard", f"{operation}_mprotect", guard.variant,
@@ -247,13 +255,21 @@ def guard_lines(run):
                 continue
             label = "/".join(f"{key}:{value}" for key, value in guard.args.items()
                              if key not in ("iterations", "repeats", "rounds"))
-            text = (f"  {operation} {label}: guard {with_spread(guard.measure())}, mprotect "
-                    f"{with_spread(twin.measure())} ({times(twin.measure() / guard.measure())} "
-                    "the guard's)")
+            ours, theirs = median_round_trip(guard), median_round_trip(twin)
+            text = (f"  {operation} {label}: guard {with_spread(ours)}, mprotect "
+                    f"{with_spread(theirs)} ({times(theirs / ours)} the guard's)")
             vmas, twin_vmas = guard.measure("vmas_after"), twin.measure("vmas_after")
             if operation == "install" and vmas is not None and twin_vmas is not None:
                 text += f"; VMAs left {vmas.value:.0f} against {twin_vmas.value:.0f}"
             lines.append(text + ".")
+    model = {name: run.find("model", case, variant)
+             for name, case, variant in (("install", "guard", "install"),
+                                         ("remove", "guard", "remove"),
+                                         ("a fault on a guard marker", "marker_fault", "guard"))}
+    model_parts = [f"{name} {format_ns(model_median(bench).value)}"
+                   for name, bench in model.items() if bench and not bench.skipped]
+    if model_parts:
+        lines.append("  Model, per page (no trap, no syscall): " + ", ".join(model_parts) + ".")
     return lines
 
 
