@@ -286,14 +286,15 @@ def write_files(directory, files):
 
 
 def benchmarks_csv(benchmarks, first_args=()):
-    """One row per benchmark: its name's parts and arguments (first_args first, then the others
-    sorted), the time column's mean, cv, min and max over the repetitions, the mean of every
+    """One row per benchmark: its name's parts (with a detail column when a name has one) and
+    arguments (first_args first, then the others sorted), the time column's mean, cv, min and max over the repetitions, the mean of every
     counter, and why it was skipped."""
     arg_names = {key for bench in benchmarks for key in bench.args}
     args = [name for name in first_args if name in arg_names]
     args += sorted(arg_names - set(args))
     counters = sorted({name for bench in benchmarks for name in bench.counter_names()})
-    header = (["half", "suite", "case", "variant"] + args +
+    details = ["detail"] if any(bench.detail for bench in benchmarks) else []
+    header = (["half", "suite", "case", "variant"] + details + args +
               ["repetitions", "time_ns_mean", "time_ns_cv", "time_ns_min", "time_ns_max",
                "skipped"] + counters + ["benchmark"])
     output = io.StringIO()
@@ -302,6 +303,7 @@ def benchmarks_csv(benchmarks, first_args=()):
     for bench in benchmarks:
         time = bench.measure(TIME)
         cells = [bench.half, bench.suite, bench.case, bench.variant]
+        cells += [bench.detail for _ in details]
         cells += [bench.args.get(name, "") for name in args]
         cells.append(bench.repetitions)
         if time is None:
