@@ -34,12 +34,6 @@
 namespace faultlab {
 namespace {
 
-std::string ErrnoName(int error) {
-  // strerrorname_np gives "ENOENT", which is what people search for; glibc 2.32+.
-  const char* name = strerrorname_np(error);
-  return name != nullptr ? name : absl::StrCat("errno ", error);
-}
-
 bool PathExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
 // "2 MiB", "1 GiB", "64 KiB": how people name hugetlb sizes.
@@ -60,44 +54,6 @@ std::string HugetlbDir(std::size_t page_size, int node) {
   std::string leaf = absl::StrCat("hugepages-", page_size >> 10, "kB");
   if (node < 0) return absl::StrCat("/sys/kernel/mm/hugepages/", leaf);
   return absl::StrCat("/sys/devices/system/node/node", node, "/hugepages/", leaf);
-}
-
-// How a userfaultfd was obtained, so a failure can name both ways.
-struct UffdOpen {
-  int fd = -1;
-  std::string error;
-};
-
-// The syscall with UFFD_USER_MODE_ONLY works for anyone even when vm.unprivileged_userfaultfd=0
-// (faults from kernel mode are then not reported, which no benchmark needs); /dev/userfaultfd
-// is the other door, governed by the device node's permissions.
-UffdOpen OpenUserfaultfd() {
-  UffdOpen result;
-  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-  if (fd >= 0) {
-    result.fd = fd;
-    return result;
-  }
-  std::string syscall_error = ErrnoName(errno);
-  std::string dev_error;
-  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-  if (dev < 0) {
-    dev_error = absl::StrCat("open /dev/userfaultfd: ", ErrnoName(errno));
-  } else {
-    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-    if (fd >= 0) {
-      close(dev);
-      result.fd = fd;
-      return result;
-    }
-    dev_error = absl::StrCat("USERFAULTFD_IOC_NEW: ", ErrnoName(errno));
-    close(dev);
-  }
-  std::optional<long> unprivileged = ReadKernelLong("/proc/sys/vm/unprivileged_userfaultfd");
-  result.error = absl::StrCat(
-      "userfaultfd unavailable (syscall: ", syscall_error, "; ", dev_error,
-      "; vm.unprivileged_userfaultfd=", unprivileged ? absl::StrCat(*unprivileged) : "?", ")");
-  return result;
 }
 
 std::optional<std::string> ProbeThp() {
@@ -215,6 +171,44 @@ std::optional<std::string> Probe(Feature feature) {
 constexpr std::size_t kFeatureCount = static_cast<std::size_t>(Feature::kGuardRegions) + 1;
 
 }  // namespace
+
+std::string ErrnoName(int error) {
+  // strerrorname_np gives "ENOENT", which is what people search for; glibc 2.32+.
+  const char* name = strerrorname_np(error);
+  return name != nullptr ? name : absl::StrCat("errno ", error);
+}
+
+// The syscall with UFFD_USER_MODE_ONLY works for anyone even when vm.unprivileged_userfaultfd=0
+// (faults from kernel mode are then not reported, which no benchmark needs); /dev/userfaultfd
+// is the other door, governed by the device node's permissions.
+UffdOpen OpenUserfaultfd() {
+  UffdOpen result;
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (fd >= 0) {
+    result.fd = fd;
+    return result;
+  }
+  std::string syscall_error = ErrnoName(errno);
+  std::string dev_error;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev < 0) {
+    dev_error = absl::StrCat("open /dev/userfaultfd: ", ErrnoName(errno));
+  } else {
+    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+      close(dev);
+      result.fd = fd;
+      return result;
+    }
+    dev_error = absl::StrCat("USERFAULTFD_IOC_NEW: ", ErrnoName(errno));
+    close(dev);
+  }
+  std::optional<long> unprivileged = ReadKernelLong("/proc/sys/vm/unprivileged_userfaultfd");
+  result.error = absl::StrCat(
+      "userfaultfd unavailable (syscall: ", syscall_error, "; ", dev_error,
+      "; vm.unprivileged_userfaultfd=", unprivileged ? absl::StrCat(*unprivileged) : "?", ")");
+  return result;
+}
 
 std::optional<std::string> WhyUnavailable(Feature feature) {
   // Kernel features and permissions do not change during a run; each probe runs once, and

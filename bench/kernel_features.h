@@ -42,6 +42,21 @@ std::optional<std::string> WhyCannotRun(const std::vector<Feature>& needs,
                                         std::size_t hugetlb_page_size = 0, long hugetlb_pages = 0,
                                         int node = -1);
 
+// "ENOENT" for ENOENT: the name people search for (strerrorname_np), or "errno N".
+std::string ErrnoName(int error);
+
+// A userfaultfd descriptor, non-blocking and close-on-exec, before UFFDIO_API; or why none could
+// be opened (both ways named). The one place faultlab opens userfaultfd: the probes here and the
+// uffd suite (bench/uffd_probe.h) both use it.
+struct UffdOpen {
+  int fd = -1;
+  std::string error;
+};
+// The syscall with UFFD_USER_MODE_ONLY, else /dev/userfaultfd (USERFAULTFD_IOC_NEW). Only faults
+// taken in user mode are reported: a kernel-mode access (a syscall copying into registered
+// memory) gets EFAULT instead.
+UffdOpen OpenUserfaultfd();
+
 // Feature and ioctl bits UFFDIO_API reports when asked for no features (the kernel then answers
 // with all it supports); 0 with a reason when userfaultfd cannot be opened.
 struct UffdApi {

@@ -1,0 +1,312 @@
+// The uffd suite end to end, as a user runs it: every case writes its rows, and each row either
+// verified what it measured (premise=verified in its label, the figures the suite promises beside
+// it) or is a skip row naming its reason: a feature the kernel lacks, a second CPU for other_cpu,
+// or free hugetlb pages (naming the --reserve-hugepages that fixes it). With a pool reserved
+// through the CLI the hugetlb rows run, and the pool is put back.
+//
+// These tests check behaviour, never time. Benchmark names read
+// uffd/<case>/<memory>/handler:<mode>/pages:N/iterations:I/repeats:R/manual_time.
+
+#include <linux/userfaultfd.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/kernel_features.h"
+#include "tests/cli_support.h"
+#include "topology/hugetlb.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using nlohmann::json;
+
+using namespace faultlab::cli_test;
+
+constexpr int kRounds = 8;  // the suite's measured rounds per repetition
+
+struct UffdOutcome {
+  int exit_code = -1;
+  std::string err;
+  json results;  // results.json, or discarded when the run wrote none
+};
+
+UffdOutcome RunUffd(const std::vector<std::string>& extra) {
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "out";
+  std::vector<std::string> args = {"run", "--quick", "--suite", "uffd", "--out", out.string()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const Outcome run = Faultlab(args, scratch);
+  UffdOutcome outcome;
+  outcome.exit_code = run.exit_code;
+  outcome.err = run.err;
+  std::ifstream in(out / "results.json");
+  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return outcome;
+}
+
+// The CPUs this process may run on.
+std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+// --cpu with two CPUs where there are two, so other_cpu runs; else one.
+std::string CpuFlag() {
+  const std::vector<int> cpus = AllowedCpus();
+  return cpus.size() >= 2 ? std::to_string(cpus[0]) + "," + std::to_string(cpus[1])
+                          : std::to_string(cpus.at(0));
+}
+
+std::vector<json> IterationRows(const json& results, const std::string& prefix) {
+  std::vector<json> rows;
+  if (results.is_discarded()) return rows;
+  for (const json& run : results["benchmarks"]) {
+    if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(prefix, 0) == 0) {
+      rows.push_back(run);
+    }
+  }
+  return rows;
+}
+
+bool Skipped(const json& row) { return row.value("error_occurred", false); }
+std::string Message(const json& row) { return row.value("error_message", ""); }
+
+bool Opened(const json& results, const std::string& counter) {
+  for (const json& name : results["context"]["faultlab"]["counters"]["opened"]) {
+    if (name == counter) return true;
+  }
+  return false;
+}
+
+// One benchmark of the suite, as the test expects it.
+struct Row {
+  std::string c, memory, mode;
+  long pages;
+  std::string Prefix() const {
+    return "uffd/" + c + "/" + memory + "/handler:" + mode + "/pages:" + std::to_string(pages) + "/";
+  }
+};
+
+std::vector<Row> Rows() {
+  std::vector<Row> rows;
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"missing_copy", {"anon4k", "shmem", "hugetlb2m"}},
+      {"missing_zeropage", {"anon4k", "shmem", "hugetlb2m"}},
+      {"minor_continue", {"shmem", "hugetlb2m"}},
+      {"wp", {"anon4k", "shmem", "hugetlb2m"}}};
+  for (const auto& [c, memories] : cases) {
+    for (const std::string& memory : memories) {
+      for (const char* mode : {"same_cpu", "other_cpu", "sigbus"}) {
+        rows.push_back({c, memory, mode, memory == "hugetlb2m" ? 8 : 64});
+      }
+    }
+  }
+  return rows;
+}
+
+// The UFFDIO_API features a row needs, from the kernel's uapi (not from the suite's own table).
+unsigned long long FeaturesNeeded(const Row& row) {
+  unsigned long long needed = row.mode == "sigbus" ? UFFD_FEATURE_SIGBUS : 0;
+  const bool shmem = row.memory == "shmem", hugetlb = row.memory == "hugetlb2m";
+  if (row.c == "wp") {
+    needed |= UFFD_FEATURE_PAGEFAULT_FLAG_WP | (shmem || hugetlb ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+  } else {
+    needed |= shmem ? UFFD_FEATURE_MISSING_SHMEM : hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : 0;
+  }
+  if (row.c == "minor_continue") {
+    needed |= shmem ? UFFD_FEATURE_MINOR_SHMEM : UFFD_FEATURE_MINOR_HUGETLBFS;
+  }
+  return needed;
+}
+
+void ExpectSkipMentions(const json& row, const std::string& must_mention) {
+  const std::string message = Message(row);
+  EXPECT_EQ(message.rfind("skipped: ", 0), 0u) << row["name"] << ": " << message;
+  EXPECT_GT(message.size(), std::string("skipped: ").size() + 10) << row["name"];
+  EXPECT_NE(message.find(must_mention), std::string::npos)
+      << row["name"] << ": expected '" << must_mention << "' in: " << message;
+}
+
+// What a row that ran must show: its premise verified on the memory and mode its name says, and
+// the figures the suite promises. The faulting thread sleeps on every fault when its handler
+// shares its CPU (a context switch each), and never in sigbus mode, where it answers its own
+// fault.
+void ExpectVerified(const json& results, const json& row, const Row& expected) {
+  SCOPED_TRACE(row["name"].get<std::string>());
+  ASSERT_FALSE(Skipped(row)) << Message(row);
+  const std::string label = row.value("label", "");
+  EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
+  EXPECT_NE(label.find("memory=" + expected.memory + " handler=" + expected.mode + " "),
+            std::string::npos)
+      << label;
+  EXPECT_EQ(row["iterations"].get<long>(), expected.pages * kRounds);
+  for (const char* positive : {"p50_ns", "mean_ns", "max_ns", "to_handler_ns", "ioctl_alone_ns",
+                               "first_round_ns", "faults_per_s", "reference_ns", "counted_p50_ns"}) {
+    EXPECT_GT(row.value(positive, 0.0), 0) << positive;
+  }
+  for (const char* present : {"ioctl_ns", "to_resume_ns", "resumed_first", "p99_ns"}) {
+    EXPECT_TRUE(row.contains(present)) << present;
+  }
+  const bool thread = expected.mode != "sigbus";
+  EXPECT_EQ(row.contains("floor_ns"), thread);
+  EXPECT_EQ(row.contains("handler_vs_floor"), thread);
+  if (thread) {
+    EXPECT_GT(row.value("floor_ns", 0.0), 0);
+    EXPECT_GT(row.value("trap_ns", 0.0), 0);
+  } else {
+    EXPECT_EQ(row.value("resumed_first", -1.0), 0) << "no handler thread to resume before";
+  }
+  if (expected.c == "minor_continue") {
+    EXPECT_GT(row.value("continue_vs_copy", 0.0), 0);
+    EXPECT_GT(row.value("copy_p50_ns", 0.0), 0);
+  } else {
+    EXPECT_FALSE(row.contains("continue_vs_copy"));
+  }
+  if (Opened(results, "page-faults")) {
+    EXPECT_GE(row.value("page-faults", 0.0), 0.99);
+  }
+  if (Opened(results, "context-switches")) {
+    if (expected.mode == "same_cpu") {
+      EXPECT_GE(row.value("context-switches", 0.0), 0.99);
+    } else if (thread) {
+      // A handler on another CPU may answer before the faulting thread sleeps (handle_userfault
+      // checks again before it schedules), but mostly it does not.
+      EXPECT_GE(row.value("context-switches", 0.0), 0.5);
+    } else {
+      EXPECT_LT(row.value("context-switches", 1.0), 0.5);
+    }
+  }
+}
+
+// Every row of the quick suite, run as a user would without a pool: each verified, or skipped
+// with the reason this machine gives.
+TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
+  const long hugetlb_free_before = faultlab::FreeHugetlbPages(faultlab::kPage2M);
+  const bool two_cpus = AllowedCpus().size() >= 2;
+  const UffdOutcome outcome = RunUffd({"--cpu", CpuFlag()});
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
+  const faultlab::UffdApi api = faultlab::ProbeUffdApi();
+  std::size_t verified = 0;
+  for (const Row& expected : Rows()) {
+    const std::vector<json> rows = IterationRows(outcome.results, expected.Prefix());
+    ASSERT_EQ(rows.size(), 3u) << expected.Prefix() << " did not write its 3 repetitions";
+    for (const json& row : rows) {
+      SCOPED_TRACE(row["name"].get<std::string>());
+      const bool hugetlb = expected.memory == "hugetlb2m";
+      if (!api.error.empty()) {
+        ExpectSkipMentions(row, "userfaultfd");
+      } else if (expected.mode == "other_cpu" && !two_cpus) {
+        ExpectSkipMentions(row, "needs 2 CPUs");
+      } else if (hugetlb && faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
+        ExpectSkipMentions(row, "hugetlb");
+      } else if (hugetlb && hugetlb_free_before < 8) {
+        ExpectSkipMentions(row, "--reserve-hugepages 2M:8");
+      } else if (FeaturesNeeded(expected) & ~api.features) {
+        ExpectSkipMentions(row, "not supported by this kernel");
+      } else if (expected.c == "missing_zeropage" && Skipped(row)) {
+        // The kernel decides where a zero page may answer a missing fault (not on hugetlb).
+        ExpectSkipMentions(row, "UFFDIO_ZEROPAGE");
+      } else {
+        ExpectVerified(outcome.results, row, expected);
+        ++verified;
+      }
+    }
+  }
+  if (api.error.empty()) {
+    EXPECT_GE(verified, 3u * 8) << "fewer anon4k/shmem rows ran than this kernel allows";
+  }
+  for (const char* mode : {"same_cpu", "other_cpu"}) {
+    const std::vector<json> rows =
+        IterationRows(outcome.results, std::string("uffd/floor/eventfd/handler:") + mode + "/");
+    ASSERT_EQ(rows.size(), 3u) << mode;
+    for (const json& row : rows) {
+      SCOPED_TRACE(row["name"].get<std::string>());
+      if (std::string(mode) == "other_cpu" && !two_cpus) {
+        ExpectSkipMentions(row, "needs 2 CPUs");
+        continue;
+      }
+      ASSERT_FALSE(Skipped(row)) << Message(row);
+      EXPECT_NE(row.value("label", "").find("handler=" + std::string(mode) + " "),
+                std::string::npos);
+      EXPECT_NE(row.value("label", "").find("premise=verified"), std::string::npos);
+      EXPECT_GT(row.value("p50_ns", 0.0), 0);
+      EXPECT_GT(row.value("counted_p50_ns", 0.0), 0);
+    }
+  }
+}
+
+TEST(CliUffd, OtherCpuWithOneCpuIsASkipSayingSo) {
+  const UffdOutcome outcome =
+      RunUffd({"--cpu", std::to_string(AllowedCpus().at(0)), "--filter", "handler:other_cpu"});
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  const std::vector<json> rows = IterationRows(outcome.results, "uffd/");
+  ASSERT_EQ(rows.size(), 3u * (11 + 1)) << "11 cases and the floor, 3 repetitions each";
+  for (const json& row : rows) {
+    SCOPED_TRACE(row["name"].get<std::string>());
+    const std::string message = Message(row);
+    // A hugetlb row without a pool may say that first; every other row names the CPUs.
+    if (message.find("hugetlb") != std::string::npos) continue;
+    ExpectSkipMentions(row, "handler:other_cpu needs 2 CPUs in the run, --cpu gave 1");
+  }
+}
+
+// With a pool reserved through the CLI the hugetlb rows run and check their premise, and the pool
+// is as it was once the run is over.
+TEST(CliUffd, HugetlbRowsRunWithAReservedPoolAndThePoolIsRestored) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to write /proc/sys/vm/nr_hugepages";
+  if (auto why = faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) GTEST_SKIP() << *why;
+  const faultlab::UffdApi api = faultlab::ProbeUffdApi();
+  if (!api.error.empty()) GTEST_SKIP() << api.error;
+  const std::string pool = "/proc/sys/vm/nr_hugepages";
+  const long before = ReadLong(pool);
+  const bool two_cpus = AllowedCpus().size() >= 2;
+  const UffdOutcome outcome =
+      RunUffd({"--cpu", CpuFlag(), "--filter", "/hugetlb2m/", "--reserve-hugepages", "2M:8"});
+  EXPECT_EQ(ReadLong(pool), before) << "the run left the pool changed";
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  std::size_t verified = 0;
+  for (const Row& expected : Rows()) {
+    if (expected.memory != "hugetlb2m") continue;
+    const std::vector<json> rows = IterationRows(outcome.results, expected.Prefix());
+    ASSERT_EQ(rows.size(), 3u) << expected.Prefix();
+    for (const json& row : rows) {
+      SCOPED_TRACE(row["name"].get<std::string>());
+      if (expected.mode == "other_cpu" && !two_cpus) {
+        ExpectSkipMentions(row, "needs 2 CPUs");
+      } else if (FeaturesNeeded(expected) & ~api.features) {
+        ExpectSkipMentions(row, "not supported by this kernel");
+      } else if (expected.c == "missing_zeropage") {
+        // Linux answers UFFDIO_ZEROPAGE on hugetlbfs with EINVAL; the row says so, or runs on a
+        // kernel that learnt it.
+        if (Skipped(row)) {
+          ExpectSkipMentions(row, "UFFDIO_ZEROPAGE: EINVAL");
+        } else {
+          ExpectVerified(outcome.results, row, expected);
+        }
+      } else {
+        ExpectVerified(outcome.results, row, expected);
+        ++verified;
+      }
+    }
+  }
+  EXPECT_GE(verified, 3u * 2 * 3) << "missing_copy, minor_continue and wp, same_cpu and sigbus";
+}
+
+}  // namespace
