@@ -126,6 +126,13 @@ class ReportUffdTest(unittest.TestCase):
             self.assertRegex(summary, rf"{memory}: same_cpu [\d.]+x ±[\d.]+% \({saved}(\.\d)?% "
                                       r"saved\)")
 
+    def test_zeropage_round_trip_is_set_against_a_read_fault(self):
+        document = load_fixture()
+        summary = flat(self.report(document))
+        rows = one(document, "uffd/missing_zeropage/anon4k/handler:same_cpu/")
+        trap = statistics.fmean(row["trap_ns"] for row in rows)
+        self.assertIn(f"anon4k: a read fault mapping the zero page takes {trap:.0f} ns", summary)
+
     def test_guard_lines_give_the_vmas_each_way_leaves(self):
         document = load_fixture()
         summary = flat(self.report(document))

@@ -224,6 +224,29 @@ def continue_lines(found):
     return lines
 
 
+def zeropage_lines(found):
+    """UFFDIO_ZEROPAGE's round trip against a plain read fault that maps the zero page (trap_ns:
+    measured in the same benchmark run)."""
+    lines = []
+    for memory in ("anon4k", "shmem"):
+        trap = next((bench.measure("trap_ns") for (case, mem, _), bench in found.items()
+                     if (case, mem) == ("missing_zeropage", memory)
+                     and bench.measure("trap_ns") is not None), None)
+        parts = []
+        for mode in MODES:
+            bench = found.get(("missing_zeropage", memory, mode))
+            if bench and trap is not None:
+                parts.append(f"{mode} {times(median_round_trip(bench) / trap)}")
+        if parts:
+            lines.append(f"  {memory}: a read fault mapping the zero page takes "
+                         f"{format_ns(trap.value)}; the round trip takes " + ", ".join(parts) +
+                         " that.")
+    if lines:
+        lines[:0] = ["", "UFFDIO_ZEROPAGE round trip against a read fault that maps the zero page "
+                         "without userfaultfd (same run):"]
+    return lines
+
+
 def handler_lines(found):
     """handler_vs_floor per thread-mode row, against the issue's target."""
     rows = [(key, bench.measure("handler_vs_floor")) for key, bench in found.items()
@@ -289,6 +312,7 @@ def summary_text(run, benchmarks, found, pairs, left_out):
     lines += round_trip_lines(run, found, pairs)
     lines += split_lines(found, pairs)
     lines += continue_lines(found)
+    lines += zeropage_lines(found)
     lines += handler_lines(found)
     lines += guard_lines(run)
     lines += skipped_lines(benchmarks, size_arg="pages")
