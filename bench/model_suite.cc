@@ -29,8 +29,8 @@
 //   share of repetitions that met it); a missed target never fails the run.
 // - Every round checks the model did what the case claims (the Cpu's statistics, a pagemap
 //   read): a case that measured the wrong path fails its row with "model: premise: ...".
-//   Unavailable combinations (minor mode on anonymous memory, UFFDIO_ZEROPAGE on shmem, two
-//   threads on one CPU) are skip rows with the reason.
+//   Unavailable combinations (minor mode on anonymous memory, two threads on one CPU) are skip
+//   rows with the reason.
 
 #include <algorithm>
 #include <atomic>
@@ -983,7 +983,9 @@ void RunMarkerFault(benchmark::State& state, MarkerKind kind, const Sizes& sizes
 // handler runs in the faulting thread), which resolves it and lets the fault retry.
 // - missing_copy: a read of a none entry delivers kMissing; UffdCopy installs a new frame filled
 //   from a source page (on shmem the page also enters the cache).
-// - missing_zeropage: UffdZeropage maps the zero frame (anonymous only: EINVAL on shmem, a skip).
+// - missing_zeropage: UffdZeropage maps the zero frame (anonymous); on shmem it adds a zeroed page
+//   to the cache and maps it, as Linux 6.18's shmem_mfill_atomic_pte() does (UffdCopy's shmem path
+//   with a zero source: a memset instead of a memcpy).
 // - minor_continue: on shmem with the page in the cache, a read of a none entry delivers kMinor;
 //   UffdContinue maps the cached page, no copy (minor mode on anonymous memory is EINVAL, a
 //   skip). The same run times missing_copy on shmem beside it: continue_vs_copy.
@@ -1043,12 +1045,24 @@ class UffdRegion {
     const CpuStats before = cpu_.stats();
     RequireCount(TimedFaults(meter, space_, cpu_, start_, pages_, ModelAccess::kRead), 0,
                  "faults not kOk");
-    if (stats) stats->Add(before, cpu_.stats());
+    const CpuStats after = cpu_.stats();
+    if (stats) stats->Add(before, after);
     RequireCount(events_, pages_, "uffd events handled");
     RequireCount(errors_, 0, "handler resolutions that failed");
+    if (which_ == UffdCase::kMissingZeropage) {
+      // Anonymous: the zero frame, nothing zeroed; shmem: a zeroed page of the file per fault.
+      RequireCount(after.zeropage_maps - before.zeropage_maps, file_ ? 0 : pages_,
+                   "zero-frame mappings");
+      RequireCount(after.pages_zeroed - before.pages_zeroed, file_ ? pages_ : 0, "pages zeroed");
+      if (file_) {
+        const model::PagemapEntry first = space_.Pagemap(start_, kPageSize).at(0);
+        Require(first.present && !first.zero_page && first.pfn == file_->Lookup(0),
+                "the file's zeroed page mapped, not the zero frame");
+      }
+    }
     space_.Zap(cpu_, start_, pages_ * kPageSize);
-    // A copy into shmem filled the page cache; a missing fault needs it empty again.
-    if (file_ && which_ == UffdCase::kMissingCopy) {
+    // A copy or a zeropage into shmem filled the page cache; a missing fault needs it empty again.
+    if (file_ && which_ != UffdCase::kMinorContinue) {
       for (std::uint64_t i = 0; i < pages_; ++i) file_->Remove(cpu_, i);
     }
   }
@@ -1065,10 +1079,6 @@ class UffdRegion {
 };
 
 void RunUffd(benchmark::State& state, UffdCase which, bool shmem, const Sizes& sizes) {
-  if (which == UffdCase::kMissingZeropage && shmem) {
-    Skip(state, "UFFDIO_ZEROPAGE is for anonymous memory only (EINVAL on shmem)");
-    return;
-  }
   if (which == UffdCase::kMinorContinue && !shmem) {
     Skip(state,
          "minor mode needs shmem or hugetlbfs: UFFDIO_REGISTER_MODE_MINOR on anonymous "

@@ -1074,6 +1074,28 @@ static Pte* UffdEntry(AddressSpace& mm, Cpu& cpu, const Vma& vma, std::uint64_t 
                                        : Impl::WritablePte(mm, cpu, page);
 }
 
+// shmem_mfill_atomic_pte(), UFFDIO_COPY (`src`) and UFFDIO_ZEROPAGE (`src` null) into a shared
+// VMA: a new page, filled from `src` or zeroed, enters the file's cache (-EEXIST if the cache has
+// a page there) and is mapped as mfill_atomic_install_pte() maps it: dirty, writable as the VMA
+// is, over none or a uffd-wp marker. The file counts the copy or the zeroing.
+static int UffdFillShared(AddressSpace& mm, Cpu& cpu, const Vma& vma, Pte* entry,
+                          std::uint64_t page, const void* src, bool wp) {
+  const Pte orig = LoadEntry(entry);
+  if (!Fillable(orig)) return -EEXIST;
+  const std::uint64_t index = Impl::FileIndex(vma, page);
+  bool inserted = false;
+  const Pfn pfn = src ? vma.file->Insert(cpu, index, src, &inserted)
+                      : vma.file->GetOrCreate(cpu, index, &inserted);
+  if (pfn == kNoPfn) return -ENOMEM;
+  if (!inserted) return -EEXIST;
+  if (Impl::InstallCached(mm, cpu, vma, entry, orig, pfn, vma.writable, wp)) return 0;
+  // A fault that found our page in the cache may have mapped it first. The kernel's filler keeps
+  // the new folio locked until its PTE is in, so that fault would have waited and found it
+  // mapped: the answer is 0 all the same. Anything else changed the entry: -EAGAIN.
+  const Pte now = LoadEntry(entry);
+  return PtePresent(now) && PtePfn(now) == pfn ? 0 : -EAGAIN;
+}
+
 int AddressSpace::UffdCopy(Cpu& cpu, std::uint64_t address, const void* src, bool wp) {
   ReadSide read_side(*this, cpu);
   const Vma* vma = Impl::FindVma(*this, address);
@@ -1082,17 +1104,10 @@ int AddressSpace::UffdCopy(Cpu& cpu, std::uint64_t address, const void* src, boo
   const std::uint64_t page = address & ~(size - 1);
   Pte* entry = UffdEntry(*this, cpu, *vma, page);
   if (!entry) return -ENOMEM;
+  if (vma->kind != VmaKind::kAnon) return UffdFillShared(*this, cpu, *vma, entry, page, src, wp);
   for (;;) {
     const Pte orig = LoadEntry(entry);
     if (!Fillable(orig)) return -EEXIST;
-    if (vma->kind != VmaKind::kAnon) {
-      bool inserted = false;
-      const Pfn pfn = vma->file->Insert(cpu, Impl::FileIndex(*vma, page), src, &inserted);
-      if (pfn == kNoPfn) return -ENOMEM;
-      if (!inserted) return -EEXIST;
-      cpu.stats().pages_copied += size / kPageSize;
-      return Impl::InstallCached(*this, cpu, *vma, entry, orig, pfn, vma->writable, wp) ? 0 : -EAGAIN;
-    }
     const Pfn pfn = machine_.AllocateFrame(cpu, Impl::TargetNode(*vma, cpu), kFrameAnon);
     if (pfn == kNoPfn) return -ENOMEM;
     std::memcpy(machine_.frame(pfn), src, kPageSize);
@@ -1112,12 +1127,19 @@ int AddressSpace::UffdZeropage(Cpu& cpu, std::uint64_t address) {
   ReadSide read_side(*this, cpu);
   const Vma* vma = Impl::FindVma(*this, address);
   if (!vma) return -ENOENT;
-  if (vma->kind != VmaKind::kAnon) return -EINVAL;
-  Pte* entry = Impl::WritablePte(*this, cpu, address & ~(kPageSize - 1));
+  // hugetlb: UFFDIO_REGISTER does not offer UFFDIO_ZEROPAGE there, and mfill_atomic_hugetlb()
+  // refuses it.
+  if (vma->kind == VmaKind::kHugetlb) return -EINVAL;
+  const std::uint64_t page = address & ~(kPageSize - 1);
+  Pte* entry = Impl::WritablePte(*this, cpu, page);
   if (!entry) return -ENOMEM;
+  // shmem: a zeroed page in the file, mapped (not the zero frame), as UFFDIO_COPY of zeros.
+  if (vma->kind == VmaKind::kShmem) {
+    return UffdFillShared(*this, cpu, *vma, entry, page, nullptr, false);
+  }
   for (;;) {
-    // Unlike UFFDIO_COPY, UFFDIO_ZEROPAGE does not overwrite a uffd-wp marker: it would lose the
-    // protection (mfill_atomic_pte_zeropage() checks pte_none()).
+    // Unlike UFFDIO_COPY, UFFDIO_ZEROPAGE on anonymous memory does not overwrite a uffd-wp marker:
+    // it would lose the protection (mfill_atomic_pte_zeropage() checks pte_none()).
     const Pte orig = LoadEntry(entry);
     if (!PteNone(orig)) return -EEXIST;
     if (Cas(entry, orig, PfnPte(machine_.zero_pfn(), kPageBits | kPteSpecial))) {

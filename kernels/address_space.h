@@ -198,7 +198,12 @@ class AddressSpace {
   // and hugetlb the page also enters the page cache (-EEXIST if it is there already). `wp` maps
   // it write-protected (UFFDIO_COPY_MODE_WP).
   int UffdCopy(Cpu& cpu, std::uint64_t address, const void* src, bool wp = false);
-  // UFFDIO_ZEROPAGE (anonymous only, else -EINVAL): maps the zero frame.
+  // UFFDIO_ZEROPAGE at the page of `address`. Anonymous: maps the zero frame if the entry is none
+  // (not over a uffd-wp marker); -EEXIST otherwise. shmem (shmem_mfill_atomic_pte(), as Linux
+  // 6.18 does): UffdCopy's shmem path with a zero source: a new zeroed page enters the page cache
+  // (-EEXIST if it is there already, or if the entry is mapped) and is mapped dirty, writable as
+  // the VMA is, over none or a uffd-wp marker; not the zero frame. hugetlb: -EINVAL
+  // (UFFDIO_REGISTER does not offer the ioctl on hugetlb ranges).
   int UffdZeropage(Cpu& cpu, std::uint64_t address);
   // UFFDIO_CONTINUE (shmem and hugetlb): maps the page already in the page cache, no copy;
   // -EFAULT if the cache has no page there, -EEXIST if mapped.

@@ -1216,5 +1216,95 @@ INSTANTIATE_TEST_SUITE_P(AnonAndShmem, ModelUffdWpRaceTest,
                          ::testing::Values(VmaKind::kAnon, VmaKind::kShmem),
                          [](const auto& kind) { return std::string(VmaKindName(kind.param)); });
 
+// --- 8. UFFDIO_ZEROPAGE on shmem ----------------------------------------------------------------
+
+// Four threads read and write the same pages of a shmem VMA registered for missing faults, whose
+// handler answers every event with UffdZeropage (a zeroed page added to the file and mapped, as
+// Linux 6.18 does): the handlers race to fill each page, and the faults that lose find it in the
+// cache. Each round (with the cache emptied before it) every page is filled exactly once, ends
+// mapping the file's frame (refcount 2: the cache's and the mapping's), holds every thread's store
+// and zeros elsewhere; a read never sees an earlier round's data. Every frame comes back.
+TEST_F(ModelConcurrencyTest, RacingZeropageFillsOfShmemCacheOnePageEach) {
+  constexpr int kThreads = 4;
+  constexpr std::uint64_t kPages = 128;
+  constexpr std::uint64_t kLength = kPages * kPageSize;
+  const int rounds = Scaled(60);
+  auto value = [](int round, int t, std::uint64_t p) {
+    return (std::uint64_t(round + 1) << 32) | (std::uint64_t(t + 1) << 16) | p;
+  };
+  Failures failures;
+  std::atomic<std::uint64_t> fills{0};
+  std::atomic<std::uint64_t> lost{0};
+  {
+    auto file = std::make_shared<ShmemFile>(machine_, 2 * kMiB, false, 0);
+    Vma vma = Anon(kBase, 2 * kMiB);
+    vma.kind = VmaKind::kShmem;
+    vma.file = file;
+    auto mm = NewMm();
+    mm->Map(cpu_, vma);
+    mm->RegisterUffd(cpu_, kBase, kUffdMissing,
+                     [&](AddressSpace& space, Cpu& cpu, const UffdEvent& e) {
+                       if (e.kind != UffdEvent::Kind::kMissing) {
+                         failures.Add("unexpected uffd event at " + Hex(e.address));
+                       }
+                       // -EEXIST: another handler's page is in the cache (or mapped). The
+                       // retried fault maps it.
+                       const int error = space.UffdZeropage(cpu, e.address);
+                       if (error == 0) {
+                         fills.fetch_add(1, std::memory_order_relaxed);
+                       } else if (error == -EEXIST) {
+                         lost.fetch_add(1, std::memory_order_relaxed);
+                       } else {
+                         failures.Add("UffdZeropage gave " + std::to_string(error));
+                       }
+                     });
+    for (int round = 0; round < rounds && !HasFailure(); ++round) {
+      fills.store(0, std::memory_order_relaxed);
+      RunThreads(machine_, stats_, std::vector<int>(kThreads, 0), [&](int t, Cpu& cpu) {
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+          const std::uint64_t page = kBase + p * kPageSize;
+          if ((p + std::uint64_t(t) + std::uint64_t(round)) % 3 == 0) {
+            std::uint64_t seen = ~0ull;
+            if (mm->Load(cpu, page + 8, &seen) != FaultResult::kOk ||
+                (seen != 0 && (seen >> 32) != std::uint64_t(round + 1))) {
+              failures.Add("read of " + Hex(page) + " saw " + Hex(seen));
+            }
+          }
+          const std::uint64_t word = page + 8 * std::uint64_t(t + 1);
+          std::uint64_t own = 0;
+          if (mm->Store(cpu, word, value(round, t, p)) != FaultResult::kOk ||
+              mm->Load(cpu, word, &own) != FaultResult::kOk || own != value(round, t, p)) {
+            failures.Add("own word of " + Hex(page) + " reads " + Hex(own));
+          }
+        }
+      });
+      ASSERT_EQ(failures.count(), 0);
+      EXPECT_EQ(fills.load(), kPages);
+      std::uint64_t p = 0;
+      for (const PagemapEntry& entry : mm->Pagemap(kBase, kLength)) {
+        const std::uint64_t page = kBase + p * kPageSize;
+        ASSERT_TRUE(entry.present && !entry.zero_page) << Hex(page);
+        EXPECT_EQ(entry.pfn, file->Lookup(p)) << Hex(page);
+        EXPECT_EQ(machine_.meta(entry.pfn).refcount.load(), 2) << Hex(page);
+        EXPECT_EQ(machine_.meta(entry.pfn).mapcount.load(), 1) << Hex(page);
+        for (int t = 0; t < kThreads; ++t) {
+          EXPECT_EQ(Read(*mm, page + 8 * std::uint64_t(t + 1)), value(round, t, p)) << Hex(page);
+        }
+        EXPECT_EQ(Read(*mm, page), 0u) << Hex(page);
+        EXPECT_EQ(Read(*mm, page + 2048), 0u) << Hex(page);
+        ++p;
+      }
+      EXPECT_EQ(mm->Zap(cpu_, kBase, kLength), kPages);
+      for (std::uint64_t i = 0; i < kPages; ++i) file->Remove(cpu_, i);
+    }
+    mm->Exit(cpu_);
+  }
+  EXPECT_EQ(failures.count(), 0);
+  ExpectAllFramesFree();
+  RecordProperty("zeropage_fills_found_filled", std::to_string(lost.load()));
+  std::printf("zeropage fills that found the page filled already: %llu\n",
+              static_cast<unsigned long long>(lost.load()));
+}
+
 }   // namespace
 }   // namespace faultlab::model

@@ -109,7 +109,7 @@ class ModelDifferentialTest : public ::testing::Test {
     return {"map:anon", "map:shmem", "map:hugetlb", "zap", "wp", "unwp", "guard", "unguard",
             "poison", "poison:eexist", "event:wp", "event:missing", "event:minor", "load:ok",
             "store:ok", "store:segv", "store:sigbus", "migrate:0", "migrate:-16", "unmap", "exit",
-            "numa_scan", "model:numa_hint_faults", "register"};
+            "numa_scan", "model:numa_hint_faults", "register", "zeropage:anon", "zeropage:shmem"};
   }
 
   static ModelWorld* world_;

@@ -771,8 +771,9 @@ void SequenceRunner::OnUffd(AddressSpace& mm, Cpu& cpu, const UffdEvent& event, 
       result = mm.UffdWriteProtect(cpu, event.address, page_size, false);
       break;
     case UffdEvent::Kind::kMissing:
-      if (kind == VmaKind::kAnon && event.access == Access::kRead) {
+      if (HandlerZeroFills(kind, event.address, event.access == Access::kWrite)) {
         call = "UffdZeropage";
+        Count(std::string("zeropage:") + model::VmaKindName(kind));
         result = mm.UffdZeropage(cpu, event.address);
       } else {
         call = "UffdCopy";

@@ -206,8 +206,8 @@ bool ModelReference::DeliverUffd(RefAddressSpace& space, const RefVma& vma, Uffd
       result = WriteProtect(space, page, vma.page_size(), false);
       break;
     case UffdEvent::Kind::kMissing:
-      result = vma.kind == VmaKind::kAnon && !write ? UffdZeropage(space, vma, page)
-                                                    : UffdCopy(space, vma, page, cpu_node);
+      result = HandlerZeroFills(vma.kind, page, write) ? UffdZeropage(space, vma, page)
+                                                       : UffdCopy(space, vma, page, cpu_node);
       break;
     case UffdEvent::Kind::kMinor:
       result = UffdContinue(space, vma, page);
@@ -352,20 +352,11 @@ FaultResult ModelReference::Store(int id, int cpu_node, std::uint64_t address,
 
 int ModelReference::UffdCopy(RefAddressSpace& space, const RefVma& vma, std::uint64_t page,
                              int cpu_node) {
+  if (vma.shared()) return FillShared(space, vma, page, false);
   RefEntry& entry = space.entries[page];
   if (entry.frame || (entry.marker & ~kPteMarkerUffdWp) != 0) return -EEXIST;
-  FrameRef frame;
-  if (vma.kind == VmaKind::kAnon) {
-    frame = NewFrame(AllocNode(vma, cpu_node), false);
-  } else {
-    if (CachedFrame(vma, page, false)) return -EEXIST;
-    frame = CachedFrame(vma, page, true);
-  }
-  for (std::uint64_t sub = 0; sub < vma.page_size(); sub += kPageSize) {
-    for (std::uint64_t offset : kWordOffsets) {
-      frame->words[sub + offset] = UffdCopyPattern(page + sub, offset);
-    }
-  }
+  FrameRef frame = NewFrame(AllocNode(vma, cpu_node), false);
+  for (std::uint64_t offset : kWordOffsets) frame->words[offset] = UffdCopyPattern(page, offset);
   // mfill_atomic_install_pte(): dirty, and writable as the VMA is.
   MapFrame(entry, std::move(frame));
   entry.writable = vma.writable;
@@ -374,10 +365,38 @@ int ModelReference::UffdCopy(RefAddressSpace& space, const RefVma& vma, std::uin
 }
 
 int ModelReference::UffdZeropage(RefAddressSpace& space, const RefVma& vma, std::uint64_t page) {
-  if (vma.kind != VmaKind::kAnon) return -EINVAL;
+  // hugetlb: UFFDIO_REGISTER does not offer the ioctl there; mfill_atomic_hugetlb() refuses it.
+  if (vma.kind == VmaKind::kHugetlb) return -EINVAL;
+  // shmem (Linux 6.18's shmem_mfill_atomic_pte()): a zeroed page in the file, mapped.
+  if (vma.shared()) return FillShared(space, vma, page, true);
   RefEntry& entry = space.entries[page];
+  // Anonymous: the zero frame, on none only (mfill_atomic_pte_zeropage() checks pte_none(): a
+  // uffd-wp marker is not overwritten).
   if (!entry.none()) return -EEXIST;
   MapFrame(entry, zero_);
+  return 0;
+}
+
+int ModelReference::FillShared(RefAddressSpace& space, const RefVma& vma, std::uint64_t page,
+                               bool zero) {
+  RefEntry& entry = space.entries[page];
+  // mfill_atomic_install_pte() fills a none entry or a uffd-wp marker, as UffdCopy does.
+  if (entry.frame || (entry.marker & ~kPteMarkerUffdWp) != 0) return -EEXIST;
+  // shmem_add_to_page_cache(): -EEXIST if the file has a page there.
+  if (CachedFrame(vma, page, false)) return -EEXIST;
+  FrameRef frame = CachedFrame(vma, page, true);   // a new page, all words zero
+  if (!zero) {
+    for (std::uint64_t sub = 0; sub < vma.page_size(); sub += kPageSize) {
+      for (std::uint64_t offset : kWordOffsets) {
+        frame->words[sub + offset] = UffdCopyPattern(page + sub, offset);
+      }
+    }
+  }
+  // mfill_atomic_install_pte(): dirty, and writable as the VMA is; a uffd-wp marker is replaced
+  // (the tests' handler asks for no UFFDIO_COPY_MODE_WP).
+  MapFrame(entry, std::move(frame));
+  entry.writable = vma.writable;
+  entry.dirty = true;
   return 0;
 }
 

@@ -34,6 +34,15 @@ inline constexpr int kWordsPerPage = 4;
 // distinct per page and per word, never zero.
 std::uint64_t UffdCopyPattern(std::uint64_t address, std::uint64_t offset);
 
+// Whether the tests' handlers answer a missing fault at `page` with UFFDIO_ZEROPAGE rather than
+// UFFDIO_COPY of UffdCopyPattern: reads of anonymous memory (the zero frame), and reads of shmem
+// at even 4 KiB page numbers (a zeroed page in the cache), so that both of shmem's fills come up.
+// hugetlb refuses UFFDIO_ZEROPAGE: always a copy there, as for every write.
+inline bool HandlerZeroFills(VmaKind kind, std::uint64_t page, bool write) {
+  if (write) return false;
+  return kind == VmaKind::kAnon || (kind == VmaKind::kShmem && (page / model::kPageSize) % 2 == 0);
+}
+
 struct RefFrame {
   std::uint64_t id = 0;          // names the frame in reports; a copy or a migration is a new id
   int node = 0;
@@ -70,8 +79,9 @@ struct RefVma {
   bool uffd_wp_unpopulated = false;
   int preferred_node = -1;
   // Registered VMAs have the tests' handler: missing faults are resolved with UFFDIO_ZEROPAGE
-  // (anonymous reads) or UFFDIO_COPY of UffdCopyPattern, minor faults with UFFDIO_CONTINUE, wp
-  // faults by un-protecting the page. A forked child's VMAs have no registration.
+  // (where HandlerZeroFills says) or UFFDIO_COPY of UffdCopyPattern, minor faults with
+  // UFFDIO_CONTINUE, wp faults by un-protecting the page. A forked child's VMAs have no
+  // registration.
   std::uint64_t page_size() const {
     return kind == VmaKind::kHugetlb ? model::kPmdSize : model::kPageSize;
   }
@@ -156,6 +166,9 @@ class ModelReference {
                    bool protect);
   int UffdCopy(RefAddressSpace& space, const RefVma& vma, std::uint64_t page, int cpu_node);
   int UffdZeropage(RefAddressSpace& space, const RefVma& vma, std::uint64_t page);
+  // shmem_mfill_atomic_pte(): UFFDIO_COPY (of UffdCopyPattern) or UFFDIO_ZEROPAGE (`zero`) into a
+  // shared VMA.
+  int FillShared(RefAddressSpace& space, const RefVma& vma, std::uint64_t page, bool zero);
   int UffdContinue(RefAddressSpace& space, const RefVma& vma, std::uint64_t page);
 
   FrameRef NewFrame(int node, bool huge);

@@ -377,6 +377,91 @@ TEST_F(ModelSemanticsTest, UffdMissingFaultsResolveByCopyOrZeropage) {
   ExpectAllFramesFree();
 }
 
+// UFFDIO_ZEROPAGE on shmem, as Linux 6.18's shmem_mfill_atomic_pte() does it: a zeroed page enters
+// the file's cache and is mapped (not the zero frame); the file then has the page for every
+// mapping, and a second call is -EEXIST, mapped or not. Anonymous memory gets the zero frame;
+// hugetlb refuses the ioctl.
+TEST_F(ModelSemanticsTest, UffdZeropageOnShmemMapsAZeroedPageOfTheFile) {
+  {
+    auto file = std::make_shared<ShmemFile>(machine_, 2 * kMiB, false, 0);
+    auto mm = NewMm();
+    mm->Map(cpu_, Shared(kBase, 2 * kMiB, file));
+    mm->Map(cpu_, Shared(kBase + 2 * kMiB, 2 * kMiB, file));   // a second, unregistered mapping
+    mm->Map(cpu_, Anon(kBase + 4 * kMiB, 2 * kMiB));
+    std::vector<UffdEvent> events;
+    auto handler = [&](AddressSpace& space, Cpu& cpu, const UffdEvent& e) {
+      events.push_back(e);
+      EXPECT_EQ(space.UffdZeropage(cpu, e.address), 0);
+    };
+    mm->RegisterUffd(cpu_, kBase, kUffdMissing | kUffdWp, handler);
+    mm->RegisterUffd(cpu_, kBase + 4 * kMiB, kUffdMissing, handler);
+
+    const std::uint64_t page = kBase + 5 * kPageSize;
+    const CpuStats before = cpu_.stats();
+    EXPECT_EQ(Read(*mm, page + 8), 0u);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].kind, UffdEvent::Kind::kMissing);
+    EXPECT_EQ(cpu_.stats().pages_zeroed - before.pages_zeroed, 1u);
+    EXPECT_EQ(cpu_.stats().zeropage_maps, before.zeropage_maps);
+    EXPECT_EQ(cpu_.stats().pages_copied, before.pages_copied);
+    const PagemapEntry mapped = Page(*mm, page);
+    EXPECT_TRUE(mapped.present);
+    EXPECT_FALSE(mapped.zero_page);
+    EXPECT_NE(mapped.pfn, machine_.zero_pfn());
+    EXPECT_EQ(mapped.pfn, file->Lookup(5));   // the file's page
+    EXPECT_TRUE(mapped.writable);             // dirty and writable as the VMA is
+    const auto* words = reinterpret_cast<const std::uint64_t*>(machine_.frame(mapped.pfn));
+    for (std::uint64_t i = 0; i < kPageSize / 8; ++i) ASSERT_EQ(words[i], 0u) << "word " << i;
+
+    // Mapped: -EEXIST; and a write goes straight in (no fault, no event), seen by the file's other
+    // mapping, which maps the same frame.
+    EXPECT_EQ(mm->UffdZeropage(cpu_, page), -EEXIST);
+    EXPECT_TRUE(mm->Accessible(page, Access::kWrite));
+    ASSERT_EQ(mm->Store(cpu_, page + 8, 9), FaultResult::kOk);
+    EXPECT_EQ(Read(*mm, kBase + 2 * kMiB + 5 * kPageSize + 8), 9u);
+    EXPECT_EQ(Page(*mm, kBase + 2 * kMiB + 5 * kPageSize).pfn, mapped.pfn);
+    // Zapped: the entry is none but the cache has the page: -EEXIST still, and a fault maps the
+    // cached page without an event.
+    mm->Zap(cpu_, page, kPageSize);
+    EXPECT_FALSE(Page(*mm, page).present);
+    EXPECT_EQ(mm->UffdZeropage(cpu_, page), -EEXIST);
+    EXPECT_EQ(Read(*mm, page + 8), 9u);
+    EXPECT_EQ(events.size(), 1u);
+
+    // Over a uffd-wp marker: filled, and the protection goes with it (no UFFDIO_COPY_MODE_WP
+    // for UFFDIO_ZEROPAGE), as mfill_atomic_install_pte() does.
+    const std::uint64_t marked = kBase + 6 * kPageSize;
+    ASSERT_EQ(mm->UffdWriteProtect(cpu_, marked, kPageSize, true), 0);
+    ASSERT_EQ(Page(*mm, marked).marker, kPteMarkerUffdWp);
+    EXPECT_EQ(mm->UffdZeropage(cpu_, marked), 0);
+    EXPECT_TRUE(Page(*mm, marked).present);
+    EXPECT_FALSE(Page(*mm, marked).uffd_wp);
+    EXPECT_EQ(Page(*mm, marked).pfn, file->Lookup(6));
+
+    // Anonymous memory: the zero frame, no page allocated; a second call is -EEXIST.
+    const std::uint64_t anon = kBase + 4 * kMiB;
+    const std::uint64_t zeroed = cpu_.stats().pages_zeroed;
+    EXPECT_EQ(Read(*mm, anon), 0u);
+    EXPECT_TRUE(Page(*mm, anon).zero_page);
+    EXPECT_EQ(Page(*mm, anon).pfn, machine_.zero_pfn());
+    EXPECT_EQ(cpu_.stats().pages_zeroed, zeroed);
+    EXPECT_EQ(mm->UffdZeropage(cpu_, anon), -EEXIST);
+    mm->Exit(cpu_);
+  }
+  {
+    // hugetlb: EINVAL, nothing cached or mapped.
+    auto file = std::make_shared<ShmemFile>(machine_, 2 * kMiB, true, 0);
+    auto mm = NewMm();
+    mm->Map(cpu_, Shared(kBase, 2 * kMiB, file));
+    mm->RegisterUffd(cpu_, kBase, kUffdMissing, nullptr);
+    EXPECT_EQ(mm->UffdZeropage(cpu_, kBase), -EINVAL);
+    EXPECT_EQ(file->Lookup(0), kNoPfn);
+    EXPECT_FALSE(Page(*mm, kBase).present);
+    mm->Exit(cpu_);
+  }
+  ExpectAllFramesFree();
+}
+
 // A minor fault maps the page already in the shmem page cache: no copy, the cache's own frame.
 TEST_F(ModelSemanticsTest, UffdMinorFaultIsResolvedByContinueWithoutACopy) {
   {
