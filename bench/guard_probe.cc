@@ -42,10 +42,17 @@ constexpr int kSaveMask = 0;
 constexpr int kSaveMask = 0;
 #endif
 
-std::atomic<bool> g_catcher_alive{false};
-struct sigaction g_previous;  // the action before the live catcher's, put back when it goes
+// One catcher per signal: SIGSEGV's and SIGBUS's each hold their action apart.
+struct CatcherSlot {
+  std::atomic<bool> alive{false};
+  struct sigaction previous;  // the action before the live catcher's, put back when it goes
+};
+CatcherSlot g_slots[2];
+CatcherSlot* SlotOf(int signal) {
+  return signal == SIGSEGV ? &g_slots[0] : signal == SIGBUS ? &g_slots[1] : nullptr;
+}
 
-void OnSegv(int, siginfo_t* info, void*) {
+void OnSegv(int signal, siginfo_t* info, void*) {
   CatchTarget* target = t_target;
   if (target != nullptr) {
     t_target = nullptr;
@@ -56,8 +63,8 @@ void OnSegv(int, siginfo_t* info, void*) {
   // Not an access ReadFaults made: another thread's, or a bug. The previous action deals with it:
   // put it back and return, and the access faults again and goes there (a signal someone sent
   // would not come again: raise it).
-  sigaction(SIGSEGV, &g_previous, nullptr);
-  if (info->si_code <= 0) raise(SIGSEGV);
+  sigaction(signal, &SlotOf(signal)->previous, nullptr);
+  if (info->si_code <= 0) raise(signal);
 }
 
 bool SamePage(const void* a, const void* b) {
@@ -145,18 +152,35 @@ std::string SegvCodeName(int code) {
   }
 }
 
-SegvCatcher::SegvCatcher() {
-  if (g_catcher_alive.exchange(true)) {
-    error_ = "another SegvCatcher holds the SIGSEGV action";
+std::string BusCodeName(int code) {
+  switch (code) {
+    case BUS_ADRALN: return "BUS_ADRALN";
+    case BUS_ADRERR: return "BUS_ADRERR";
+    case BUS_OBJERR: return "BUS_OBJERR";
+    case BUS_MCEERR_AR: return "BUS_MCEERR_AR";
+    case BUS_MCEERR_AO: return "BUS_MCEERR_AO";
+    default: return "si_code " + std::to_string(code);
+  }
+}
+
+SegvCatcher::SegvCatcher(int signal) : signal_(signal) {
+  const char* name = signal == SIGBUS ? "SIGBUS" : "SIGSEGV";
+  CatcherSlot* slot = SlotOf(signal);
+  if (slot == nullptr) {
+    error_ = "SegvCatcher catches SIGSEGV or SIGBUS, not signal " + std::to_string(signal);
+    return;
+  }
+  if (slot->alive.exchange(true)) {
+    error_ = std::string("another SegvCatcher holds the ") + name + " action";
     return;
   }
   struct sigaction action = {};
   action.sa_sigaction = OnSegv;
   action.sa_flags = SA_SIGINFO | SA_NODEFER;
   sigemptyset(&action.sa_mask);
-  if (sigaction(SIGSEGV, &action, &g_previous) != 0) {
-    error_ = Errno("sigaction(SIGSEGV)");
-    g_catcher_alive.store(false);
+  if (sigaction(signal, &action, &slot->previous) != 0) {
+    error_ = Errno((std::string("sigaction(") + name + ")").c_str());
+    slot->alive.store(false);
     return;
   }
   installed_ = true;
@@ -164,8 +188,9 @@ SegvCatcher::SegvCatcher() {
 
 SegvCatcher::~SegvCatcher() {
   if (!installed_) return;
-  sigaction(SIGSEGV, &g_previous, nullptr);
-  g_catcher_alive.store(false);
+  CatcherSlot* slot = SlotOf(signal_);
+  sigaction(signal_, &slot->previous, nullptr);
+  slot->alive.store(false);
 }
 
 // Not instrumented by sanitizers: the read must be the one instruction that faults, and their

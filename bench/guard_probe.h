@@ -85,8 +85,10 @@ std::string WhyTooManyVmas(std::size_t pages, long limit, long mapped, long head
 
 // "SEGV_MAPERR", "SEGV_ACCERR", ... or "si_code N".
 std::string SegvCodeName(int code);
+// "BUS_ADRERR", "BUS_MCEERR_AR", ... or "si_code N".
+std::string BusCodeName(int code);
 
-// A SIGSEGV as the handler saw it.
+// A SIGSEGV (or SIGBUS) as the handler saw it.
 struct SegvEvent {
   const void* addr = nullptr;  // si_addr
   int code = 0;                // si_code
@@ -96,6 +98,9 @@ struct SegvEvent {
 // its handler is the process's SIGSEGV action; the previous action is put back when it goes. Only
 // one may live at a time (the action is process-wide); it catches accesses made through
 // ReadFaults on any thread, and passes every other SIGSEGV to the previous action.
+// Made with SIGBUS it does the same for SIGBUS (the uffd suite's poison case: an access to a
+// UFFDIO_POISON marker); one catcher per signal may live, and a SIGBUS catcher not while a
+// sigbus-mode FaultHandler (uffd_probe.h) owns that action.
 //
 // The handler records si_addr and si_code and siglongjmps back into ReadFaults. It is installed
 // with SA_NODEFER and the jump buffer saves no signal mask: without SA_NODEFER, SIGSEGV would
@@ -104,7 +109,7 @@ struct SegvEvent {
 // round trip the suite times. (Under ThreadSanitizer the mask is restored: guard_probe.cc.)
 class SegvCatcher {
  public:
-  SegvCatcher();
+  explicit SegvCatcher(int signal = SIGSEGV);  // SIGSEGV or SIGBUS
   ~SegvCatcher();
   SegvCatcher(const SegvCatcher&) = delete;
   SegvCatcher& operator=(const SegvCatcher&) = delete;
@@ -118,6 +123,7 @@ class SegvCatcher {
   bool ReadFaults(const void* addr, SegvEvent* event, uint64_t* ticks = nullptr);
 
  private:
+  int signal_;
   std::string error_;
   bool installed_ = false;
 };

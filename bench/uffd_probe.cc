@@ -52,7 +52,35 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
+// PAGEMAP_SCAN, newer than the headers too: include/uapi/linux/fs.h (6.7+).
+#ifndef PAGEMAP_SCAN
+#define PAGE_IS_WRITTEN (1 << 1)
+struct page_region {
+  __u64 start;
+  __u64 end;
+  __u64 categories;
+};
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+struct pm_scan_arg {
+  __u64 size;
+  __u64 flags;
+  __u64 start;
+  __u64 end;
+  __u64 walk_end;
+  __u64 vec;
+  __u64 vec_len;
+  __u64 max_pages;
+  __u64 category_inverted;
+  __u64 category_mask;
+  __u64 category_anyof_mask;
+  __u64 return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+
 namespace faultlab {
+static_assert(_UFFDIO_MOVE == kUffdioMoveBit && _UFFDIO_POISON == kUffdioPoisonBit);
 namespace {
 
 // "call: ENOMEM" for the errno the call just left.
@@ -594,6 +622,43 @@ bool FaultHandler::WaitForFaults(std::size_t count, double timeout_s) const {
     sched_yield();
   }
   return true;
+}
+
+// --- PAGEMAP_SCAN ---
+
+std::string PagemapScanWritten(void* addr, std::size_t len, bool reprotect,
+                               std::vector<AddressRange>* written) {
+  written->clear();
+  const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Failed("open(/proc/self/pagemap)");
+  // At most one run per two pages (written ones apart); one more so a full vector is never
+  // ambiguous.
+  std::vector<page_region> vec(len / kPage4K / 2 + 2);
+  pm_scan_arg arg{};
+  arg.size = sizeof(arg);
+  arg.flags = PM_SCAN_CHECK_WPASYNC | (reprotect ? PM_SCAN_WP_MATCHING : 0);
+  arg.start = Address(addr);
+  arg.end = Address(addr) + len;
+  arg.vec = Address(vec.data());
+  arg.vec_len = vec.size();
+  arg.category_mask = PAGE_IS_WRITTEN;
+  arg.return_mask = PAGE_IS_WRITTEN;
+  const int regions = ioctl(fd, PAGEMAP_SCAN, &arg);
+  const int error = errno;
+  close(fd);
+  if (regions < 0) {
+    errno = error;
+    return Failed("PAGEMAP_SCAN");
+  }
+  if (arg.walk_end != arg.end) {
+    return absl::StrCat("PAGEMAP_SCAN: stopped at 0x", absl::Hex(arg.walk_end), " of 0x",
+                        absl::Hex(arg.end));
+  }
+  for (int i = 0; i < regions; ++i) {
+    written->push_back(
+        {reinterpret_cast<char*>(vec[i].start), reinterpret_cast<char*>(vec[i].end)});
+  }
+  return {};
 }
 
 // --- The floor ---

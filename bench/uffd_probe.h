@@ -37,6 +37,10 @@ namespace faultlab {
 
 struct CounterTotals;  // harness.h
 
+// Bits _UFFDIO_X of UFFDIO_REGISTER's `ioctls` for ioctls newer than the uapi headers (6.8+).
+constexpr int kUffdioMoveBit = 0x05;
+constexpr int kUffdioPoisonBit = 0x08;
+
 // The memory a uffd case registers.
 enum class UffdMemory { kAnon4K, kShmem, kHugetlb2M };
 const char* UffdMemoryName(UffdMemory memory);  // "anon4k", "shmem", "hugetlb2m"
@@ -214,6 +218,19 @@ class FaultHandler {
  private:
   State* state_ = nullptr;
 };
+
+// PAGEMAP_SCAN (ioctl on /proc/self/pagemap, Linux 6.7+) of [addr, addr + len) for the pages
+// written since they were write-protected under UFFD_FEATURE_WP_ASYNC: category PAGE_IS_WRITTEN,
+// with PM_SCAN_CHECK_WPASYNC (the range must be registered WP with WP_ASYNC, else EINVAL) and,
+// with `reprotect`, PM_SCAN_WP_MATCHING (the written pages found are write-protected again, in the
+// same walk). *written gets one [start, end) per run of written pages, in address order. "" or
+// "PAGEMAP_SCAN: <errno name>".
+struct AddressRange {
+  char* start = nullptr;
+  char* end = nullptr;
+};
+std::string PagemapScanWritten(void* addr, std::size_t len, bool reprotect,
+                               std::vector<AddressRange>* written);
 
 // The floor a thread handler could reach: an eventfd ping-pong between two threads pinned to
 // `cpu_a` and `cpu_b` (the same CPU for the same_cpu floor), `rounds` round trips after a warm-up;

@@ -22,6 +22,70 @@
 //   wp                WP registration on populated memory, UFFDIO_WRITEPROTECT of the range: each
 //                     write is a WP fault answered by un-protecting that page (UFFDIO_WRITEPROTECT
 //                     mode 0) (anon4k, shmem, hugetlb2m).
+//   wp_marker         the protection kept across a zap, as a PTE marker (the marker series'
+//                     point): WP registration, the pages written through the registered mapping,
+//                     UFFDIO_WRITEPROTECT, MADV_DONTNEED (shmem, hugetlb2m). Premise before: every
+//                     entry not present with the uffd-wp bit (the marker). Each write then faults
+//                     on the marker and the kernel reports it as a WP write fault (flags
+//                     UFFD_PAGEFAULT_FLAG_WP|_WRITE, 0x3, on both, as on a protected present
+//                     entry), answered by un-protecting the page. It takes two faults, counted
+//                     (page-faults 2.0 per sample in the thread modes, against 1.0 for wp): the
+//                     first maps the cached page and carries the marker's bit into the new PTE
+//                     (write-protected), the write retried then raises the WP fault; so
+//                     to_handler_ns holds a whole fault more than wp's. Premise after: present,
+//                     no uffd-wp bit, the content the page cache kept. Rounds of the same write on
+//                     the same zapped pages with no protection alternate with them (a none entry:
+//                     an ordinary fault maps the cached page, no uffd event, checked):
+//                     none_fault_ns is their median and
+//                     marker_vs_none = the wp_marker round-trip median / none_fault_ns, a fault on
+//                     a marker against a fault on a none entry. They run inside the wp_marker
+//                     benchmark, as minor_continue's copy rounds do, so both come from one run.
+//                     No anon4k: on 6.18 a zap of write-protected anonymous pages leaves none
+//                     entries without the uffd-wp bit, with or without UFFD_FEATURE_WP_UNPOPULATED
+//                     (the next write maps a fresh zeroed page without an event): anonymous memory
+//                     has no page to come back to, and the protection goes with the page.
+//   wp_unpopulated    UFFDIO_WRITEPROTECT of a range never populated (none entries: a hole in the
+//                     file, or untouched anonymous memory registered with
+//                     UFFD_FEATURE_WP_UNPOPULATED, which the label names): premise before, every
+//                     entry a marker (not present, uffd-wp bit); each write is a WP write fault
+//                     (0x3, as for wp_marker, anon4k included), answered by un-protecting; after,
+//                     present, no uffd-wp bit, zeros (anon4k, shmem, hugetlb2m). Two faults again:
+//                     the first allocates and zeroes the page and maps it protected, inside
+//                     to_handler_ns (on hugetlb2m, zeroing 2 MiB: most of the round trip). Without
+//                     WP_UNPOPULATED an anonymous none entry takes no marker and the write no
+//                     event. protect_ns_per_page: each round's UFFDIO_WRITEPROTECT of the whole
+//                     empty range (installing the markers), per page of the memory's size (4 KiB,
+//                     or 2 MiB: one huge PTE marker), untimed apart from the round trips; the
+//                     median over the rounds.
+//   poison            uffd/poison/anon4k/pages:N, no handler: UFFDIO_POISON on none pages of a
+//                     MISSING registration (UFFD_FEATURE_POISON) leaves a poison marker in each
+//                     entry (pagemap: not present); each read of one raises SIGBUS, caught and
+//                     jumped back from by guard_probe.h's SegvCatcher made for SIGBUS: the round
+//                     trip access -> fault on the marker -> SIGBUS -> handler -> siglongjmp, the
+//                     real kernel's side of model/marker_fault/poison. si_code is recorded in the
+//                     label, not assumed: BUS_ADRERR on 6.18 (not BUS_MCEERR_AR, which a real
+//                     hardware poison gives), si_addr must be the page read. Each round zaps the
+//                     range (MADV_DONTNEED drops the markers; UFFDIO_POISON would refuse a marked
+//                     entry with EEXIST) and poisons it again; poison_ns_per_page is that
+//                     UFFDIO_POISON per page, untimed apart from the round trips.
+//   move              MISSING registration (UFFD_FEATURE_MOVE): each write is a missing fault
+//                     answered with UFFDIO_MOVE of a page from a populated source region (the page
+//                     itself is moved: its PTE goes, nothing is copied) (anon4k: UFFDIO_MOVE takes
+//                     anonymous pages only). Premise after: the content is the source's and no
+//                     source page is left present. missing_copy rounds on the same pages
+//                     alternate with the move rounds, as for minor_continue: move_vs_copy is the
+//                     ratio of the two round-trip medians, copy_p50_ns the copy's.
+//   wp_async          uffd/wp_async/{anon4k,shmem}/pages:N, no handler: WP registration with
+//                     UFFD_FEATURE_WP_ASYNC, pages populated and write-protected; a write to one
+//                     is resolved by the kernel itself (the fault un-protects the entry, no event;
+//                     a handler thread only watches, and any event fails the row). Every other
+//                     page is written per round (even pages, then odd), each write stamped: the
+//                     round trip is a kernel-only WP fault. Then PAGEMAP_SCAN on
+//                     /proc/self/pagemap (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category
+//                     PAGE_IS_WRITTEN) must find exactly the pages written, one run each, and
+//                     protects them again for the next round; scan_ns_per_page is that ioctl over
+//                     the whole range, per page. Premise before each round: every page present
+//                     and protected; after: the bytes written.
 // Handler modes: same_cpu and other_cpu, a thread polling the descriptor, pinned to the faulting
 // thread's CPU or to the run's second CPU (other_cpu needs two CPUs in --cpu; otherwise a skip
 // row says so); sigbus, UFFD_FEATURE_SIGBUS: the faulting thread resolves its own fault in its
@@ -62,17 +126,21 @@
 // ratio is the difference of two noisy large numbers and says nothing (it can come out
 // negative). On this VM an idle vCPU takes tens of microseconds to wake: other_cpu round trips
 // and their floor are both dominated by it, and its outliers (milliseconds, the host's
-// scheduling) dominate their means.
+// scheduling) dominate their means. wp_marker and wp_unpopulated have no handler_vs_floor: their
+// round trip begins with a whole ordinary fault (mapping the cached page, or allocating and
+// zeroing one: 2 MiB on hugetlb2m) that the numerator would count as the handler's.
 //
 // Warm-up and premise. Round 0 of every benchmark is untimed (its mean is first_round_ns): the
 // first touch of guest memory costs ~10x here (platform.md), and round 0 recycles the frames.
 // Every round, before its figures are kept, checks that the kernel did what the case claims, and
 // fails the row ("premise: ...") otherwise: the pages were none (for wp: every entry has the
-// uffd-wp bit, pagemap bit 57) before the touches; the handler got exactly one event per page, at
+// uffd-wp bit, pagemap bit 57; for wp_marker and wp_unpopulated every entry is a marker: not
+// present, uffd-wp bit) before the touches; the handler got exactly one event per page, at
 // that page, of the expected kind (UFFD_PAGEFAULT_FLAG_MINOR / _WP / neither, and _WRITE for a
 // write; a SIGBUS carries no message, so sigbus rows check the count and the addresses); every
 // page is present after; the content is what the ioctl put there (the copy's source, zeros, the
-// bytes written through alias() for minor_continue); for wp, no entry keeps the uffd-wp bit.
+// bytes written through alias() for minor_continue, the page cache's for wp_marker); for the wp
+// cases, no entry keeps the uffd-wp bit. none_fault rounds check no event and no uffd-wp bit.
 // Between rounds, untimed, a fixed CPU loop gives the machine's speed (reference_ns, harness.h).
 //
 // Perf counters: a thread with perf events open pays for them at every context switch (~1.2 us
@@ -92,6 +160,7 @@
 #include <benchmark/benchmark.h>
 
 #include "absl/strings/str_cat.h"
+#include "bench/guard_probe.h"
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
@@ -105,7 +174,17 @@
 namespace faultlab {
 namespace {
 
-enum class Case { kMissingCopy, kMissingZeropage, kMinorContinue, kWp };
+// kNoneFault is no case of its own: wp_marker's rounds beside, the same write on the same zapped
+// pages with no protection (no uffd event).
+enum class Case { kMissingCopy, kMissingZeropage, kMinorContinue, kWp, kWpMarker, kWpUnpopulated,
+                  kMove, kNoneFault };
+
+// The cases a write to a write-protected entry (a present PTE, or a marker) resolves.
+bool Protects(Case c) {
+  return c == Case::kWp || c == Case::kWpMarker || c == Case::kWpUnpopulated;
+}
+// The cases whose entries are markers before the round: not present, uffd-wp bit set.
+bool OnMarkers(Case c) { return c == Case::kWpMarker || c == Case::kWpUnpopulated; }
 
 struct CaseKind {
   Case c;
@@ -121,6 +200,11 @@ const std::vector<CaseKind>& CaseKinds() {
        {UffdMemory::kAnon4K, UffdMemory::kShmem, UffdMemory::kHugetlb2M}},
       {Case::kMinorContinue, "minor_continue", {UffdMemory::kShmem, UffdMemory::kHugetlb2M}},
       {Case::kWp, "wp", {UffdMemory::kAnon4K, UffdMemory::kShmem, UffdMemory::kHugetlb2M}},
+      // No anon4k: a zap drops an anonymous page's protection (see the header).
+      {Case::kWpMarker, "wp_marker", {UffdMemory::kShmem, UffdMemory::kHugetlb2M}},
+      {Case::kWpUnpopulated, "wp_unpopulated",
+       {UffdMemory::kAnon4K, UffdMemory::kShmem, UffdMemory::kHugetlb2M}},
+      {Case::kMove, "move", {UffdMemory::kAnon4K}},  // UFFDIO_MOVE takes anonymous pages only
   };
   return kinds;
 }
@@ -134,7 +218,11 @@ int IoctlBit(Case c) {
     case Case::kMissingCopy: return _UFFDIO_COPY;
     case Case::kMissingZeropage: return _UFFDIO_ZEROPAGE;
     case Case::kMinorContinue: return _UFFDIO_CONTINUE;
-    case Case::kWp: return _UFFDIO_WRITEPROTECT;
+    case Case::kMove: return kUffdioMoveBit;
+    case Case::kWp:
+    case Case::kWpMarker:
+    case Case::kWpUnpopulated:
+    case Case::kNoneFault: return _UFFDIO_WRITEPROTECT;
   }
   return 0;
 }
@@ -159,12 +247,19 @@ uint64_t FeaturesFor(Case c, UffdMemory memory, HandlerMode mode) {
     case Case::kMissingCopy:
     case Case::kMissingZeropage:
       return features | missing;
+    case Case::kMove:  // and the missing_copy rounds beside
+      return features | UFFD_FEATURE_MOVE;
     case Case::kMinorContinue:  // and the missing_copy rounds beside
       return features | missing |
              (shmem ? UFFD_FEATURE_MINOR_SHMEM : hugetlb ? UFFD_FEATURE_MINOR_HUGETLBFS : 0);
     case Case::kWp:
+    case Case::kWpMarker:
+    case Case::kWpUnpopulated:
+    case Case::kNoneFault:
+      // Anonymous memory keeps no marker on a none entry unless asked (WP_UNPOPULATED).
       return features | UFFD_FEATURE_PAGEFAULT_FLAG_WP |
-             (shmem || hugetlb ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+             (shmem || hugetlb ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0) |
+             (c == Case::kWpUnpopulated && !shmem && !hugetlb ? UFFD_FEATURE_WP_UNPOPULATED : 0);
   }
   return features;
 }
@@ -172,9 +267,13 @@ uint64_t FeaturesFor(Case c, UffdMemory memory, HandlerMode mode) {
 uint64_t RegisterModes(Case c) {
   switch (c) {
     case Case::kMissingCopy:
-    case Case::kMissingZeropage: return UFFDIO_REGISTER_MODE_MISSING;
+    case Case::kMissingZeropage:
+    case Case::kMove: return UFFDIO_REGISTER_MODE_MISSING;
     case Case::kMinorContinue: return UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR;
-    case Case::kWp: return UFFDIO_REGISTER_MODE_WP;
+    case Case::kWp:
+    case Case::kWpMarker:
+    case Case::kWpUnpopulated:
+    case Case::kNoneFault: return UFFDIO_REGISTER_MODE_WP;
   }
   return 0;
 }
@@ -217,7 +316,8 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// The samples of one kind of round (the case's, or minor_continue's copy rounds beside it).
+// The samples of one kind of round (the case's, or the rounds beside it: minor_continue's
+// missing_copy, wp_marker's none faults).
 struct Samples {
   std::vector<double> round_trip, to_handler, ioctl, to_resume;
   std::size_t resumed_first = 0;
@@ -228,11 +328,12 @@ struct Samples {
 struct Measurement {
   std::string skip;   // a reason the case cannot run here
   std::string error;  // a failure: a premise that did not hold, an ioctl that failed
-  Samples main, copy_beside;
+  Samples main, beside;
   Samples counted;       // the rounds with perf counters open (not in the time column)
   CounterTotals totals;  // of the counted rounds
   std::vector<double> reference_ns;
   double ioctl_alone_ns = 0, trap_ns = 0, floor_ns = 0;
+  std::vector<double> protect_ns_per_page;  // wp_unpopulated: each round's UFFDIO_WRITEPROTECT
   int cpu = -1, handler_cpu = -1;
 };
 
@@ -287,11 +388,11 @@ bool Writes(Case kind) { return kind != Case::kMissingZeropage; }
 std::string CheckFlags(Case kind, uint64_t flags) {
   const bool wp = flags & UFFD_PAGEFAULT_FLAG_WP, minor = flags & UFFD_PAGEFAULT_FLAG_MINOR;
   const bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
-  const bool ok = write == Writes(kind) && (kind == Case::kWp              ? wp && !minor
+  const bool ok = write == Writes(kind) && (Protects(kind)                 ? wp && !minor
                                             : kind == Case::kMinorContinue ? minor && !wp
                                                                            : !wp && !minor);
   if (ok) return {};
-  const char* expected = kind == Case::kWp                ? "a WP write fault"
+  const char* expected = Protects(kind)                   ? "a WP write fault"
                          : kind == Case::kMinorContinue   ? "a MINOR write fault"
                          : kind == Case::kMissingZeropage ? "a MISSING read fault"
                                                           : "a MISSING write fault";
@@ -319,6 +420,7 @@ class CaseRun {
     m.error = Setup(&m.skip);
     if (!m.skip.empty() || !m.error.empty()) return m;
     m.error = Rounds(&m);
+    m.protect_ns_per_page = protect_ns_per_page_;
     if (m.error.empty()) m.error = IoctlAlone(&m.ioctl_alone_ns);
     if (std::string stop = handler_.Stop(); m.error.empty() && !stop.empty()) {
       m.error = "handler: " + stop;
@@ -344,6 +446,12 @@ class CaseRun {
     // The copy source: ordinary memory, one fault page, faulted in here.
     if (std::string e = source_.Map(UffdMemory::kAnon4K, page); !e.empty()) return e;
     std::memset(source_.base(), 1, page);
+    if (c_ == Case::kMove) {
+      // The move source: a page per fault, faulted in again by each round's Prepare.
+      if (std::string e = move_source_.Map(UffdMemory::kAnon4K, pages_ * page); !e.empty()) {
+        return e;
+      }
+    }
     if (std::string e = uffd_.Open(FeaturesFor(c_, memory_, mode_)); !e.empty()) {
       *skip = e;
       return {};
@@ -363,7 +471,7 @@ class CaseRun {
       return {};
     }
     const std::size_t rounds =
-        (kRounds + 1) * (c_ == Case::kMinorContinue ? 2 : 1) + kCountedRounds;
+        (kRounds + 1) * (c_ == Case::kMinorContinue || c_ == Case::kMove ? 2 : 1) + kCountedRounds;
     return handler_.Start(uffd_, region_.range(), mode_, handler_cpu_,
                           [this](char* address, uint64_t) { return Resolve(round_kind_.load(), address); },
                           pages_ * rounds);
@@ -375,14 +483,26 @@ class CaseRun {
       case Case::kMissingCopy: return uffd_.Copy(address, source_.base(), page);
       case Case::kMissingZeropage: return uffd_.Zeropage(address, page);
       case Case::kMinorContinue: return uffd_.Continue(address, page);
-      case Case::kWp: return uffd_.WriteProtect(address, page, /*protect=*/false);
+      case Case::kMove:
+        return uffd_.Move(address, move_source_.base() + (address - region_.base()), page);
+      case Case::kWp:
+      case Case::kWpMarker:
+      case Case::kWpUnpopulated: return uffd_.WriteProtect(address, page, /*protect=*/false);
+      case Case::kNoneFault: return "a uffd fault in a none_fault round";
     }
     return "unknown case";
   }
 
-  // The content a round's ioctl leaves at byte 1 of each page (byte 0 is the touch's).
+  // The content a round's ioctl leaves at byte 1 of each page (byte 0 is the touch's): for
+  // wp_marker and its none faults, what Prepare wrote (the page cache kept it across the zap);
+  // wp_unpopulated's pages were never written (a hole: zeros).
   char Expected(Case kind, char value) const {
-    return kind == Case::kMissingZeropage ? 0 : kind == Case::kWp ? 1 : value;
+    switch (kind) {
+      case Case::kMissingZeropage:
+      case Case::kWpUnpopulated: return 0;
+      case Case::kWp: return 1;
+      default: return value;
+    }
   }
 
   // Puts every page in the state the round's fault needs; checks it (pagemap).
@@ -394,6 +514,12 @@ class CaseRun {
       case Case::kMissingZeropage:
         if (std::string e = region_.Empty(); !e.empty()) return e;
         break;
+      case Case::kMove:
+        // Written (so faulted in: each source page present and exclusive to this process, as
+        // UFFDIO_MOVE needs), and the destination emptied.
+        std::memset(move_source_.base(), value, move_source_.bytes());
+        if (std::string e = region_.Empty(); !e.empty()) return e;
+        break;
       case Case::kMinorContinue:
         if (std::string e = region_.FillCache(value); !e.empty()) return e;
         if (std::string e = region_.Zap(); !e.empty()) return e;
@@ -403,31 +529,66 @@ class CaseRun {
           return e;
         }
         break;
+      case Case::kWpMarker:
+      case Case::kNoneFault:
+        // Populated through the registered mapping (no entry is protected between rounds, so
+        // these writes raise no uffd fault), protected for wp_marker, then zapped: the file keeps
+        // its pages, the entries go, the protection stays as a marker.
+        std::memset(region_.base(), value, region_.bytes());
+        if (kind == Case::kWpMarker) {
+          if (std::string e = uffd_.WriteProtect(region_.base(), region_.bytes(), true);
+              !e.empty()) {
+            return e;
+          }
+        }
+        if (std::string e = region_.Zap(); !e.empty()) return e;
+        break;
+      case Case::kWpUnpopulated: {
+        // Never populated: a hole in the file (or nothing anonymous), none entries; protecting
+        // them installs the markers, timed here (untimed apart from the round trips).
+        if (std::string e = region_.Empty(); !e.empty()) return e;
+        const uint64_t start = TscNow();
+        std::string e = uffd_.WriteProtect(region_.base(), region_.bytes(), true);
+        const uint64_t end = TscNow();
+        if (!e.empty()) return e;
+        protect_ns_per_page_.push_back(static_cast<double>(end - start) * TscNsPerTick() /
+                                       static_cast<double>(pages_));
+        break;
+      }
     }
     const std::vector<uint64_t> pagemap = ReadPagemap(region_.base(), region_.bytes());
     if (pagemap.empty()) return "cannot read /proc/self/pagemap";
-    if (kind == Case::kWp) {
-      const auto protected_pages = std::count_if(pagemap.begin(), pagemap.end(), PagemapUffdWp);
-      if (static_cast<std::size_t>(protected_pages) != pagemap.size()) {
-        return absl::StrCat("premise: ", protected_pages, " of ", pagemap.size(),
-                            " 4 KiB entries have the uffd-wp bit after UFFDIO_WRITEPROTECT");
-      }
-    } else if (std::size_t present = CountPresent(pagemap); present != 0) {
+    const auto protected_pages =
+        static_cast<std::size_t>(std::count_if(pagemap.begin(), pagemap.end(), PagemapUffdWp));
+    if (Protects(kind) && protected_pages != pagemap.size()) {
+      return absl::StrCat("premise: ", protected_pages, " of ", pagemap.size(),
+                          " 4 KiB entries have the uffd-wp bit after UFFDIO_WRITEPROTECT",
+                          kind == Case::kWpMarker ? " and the zap: no marker kept it" : "");
+    }
+    if (kind == Case::kNoneFault && protected_pages != 0) {
+      return absl::StrCat("premise: ", protected_pages, " of ", pagemap.size(),
+                          " 4 KiB entries keep the uffd-wp bit: not none entries");
+    }
+    if (kind == Case::kWp) return {};
+    if (std::size_t present = CountPresent(pagemap); present != 0) {
       return absl::StrCat("premise: ", present, " of ", pagemap.size(),
-                          " 4 KiB entries still present before the round: the faults would not "
-                          "all be uffd faults");
+                          " 4 KiB entries still present before the round: the writes would not "
+                          "all fault");
     }
     return {};
   }
 
+  // The uffd events a round of `kind` raises: one per page, none for a fault on a none entry.
+  std::size_t Events(Case kind) const { return kind == Case::kNoneFault ? 0 : pages_; }
+
   // The premise after a round: one event per page of the kind, every page present, the content.
   std::string Check(Case kind, char value, const std::vector<HandlerStamps>& stamps) {
     const std::size_t page = region_.page();
-    if (stamps.size() != pages_ || handler_.faults() != faults_before_ + pages_) {
+    if (stamps.size() != Events(kind) || handler_.faults() != faults_before_ + Events(kind)) {
       return absl::StrCat("premise: the handler saw ", handler_.faults() - faults_before_,
-                          " faults for ", pages_, " pages");
+                          " faults for ", pages_, " pages, expected ", Events(kind));
     }
-    for (std::size_t i = 0; i < pages_; ++i) {
+    for (std::size_t i = 0; i < stamps.size(); ++i) {
       if (stamps[i].address != region_.base() + i * page) {
         return absl::StrCat("premise: fault ", i, " was at page ",
                             (stamps[i].address - region_.base()) / static_cast<long>(page),
@@ -445,7 +606,14 @@ class CaseRun {
       return absl::StrCat("premise: ", CountPresent(pagemap), " of ", pagemap.size(),
                           " 4 KiB entries present after the round");
     }
-    if (kind == Case::kWp) {
+    if (kind == Case::kMove) {
+      // Moved, not copied: the source's entries are gone.
+      if (std::size_t left = CountPresent(ReadPagemap(move_source_.base(), move_source_.bytes()));
+          left != 0) {
+        return absl::StrCat("premise: ", left, " source pages still present after UFFDIO_MOVE");
+      }
+    }
+    if (Protects(kind)) {
       const auto still = std::count_if(pagemap.begin(), pagemap.end(), PagemapUffdWp);
       if (still != 0) {
         return absl::StrCat("premise: ", still, " 4 KiB entries keep the uffd-wp bit after the writes");
@@ -460,7 +628,9 @@ class CaseRun {
                             int{p[page - 1]}, " at bytes 0/1/last, expected ", int{touched}, "/",
                             int{expected}, "/", int{expected},
                             kind == Case::kMinorContinue ? " (the bytes written through the alias)"
-                                                         : "");
+                            : kind == Case::kWpMarker || kind == Case::kNoneFault
+                                ? " (the page cache's, written before the zap)"
+                                : "");
       }
     }
     return {};
@@ -486,10 +656,10 @@ class CaseRun {
     }
     const double end = MonotonicNs();
     if (group) m->totals.Add(counts_before, group->Read());
-    if (!handler_.WaitForFaults(faults_before_ + pages_)) {
+    if (!handler_.WaitForFaults(faults_before_ + Events(kind))) {
       const std::string why = handler_.Stop();
       return why.empty() ? absl::StrCat("the handler saw ", handler_.faults() - faults_before_,
-                                        " of ", pages_, " faults within 10 s")
+                                        " of ", Events(kind), " faults within 10 s")
                          : "handler: " + why;
     }
     const std::vector<HandlerStamps> stamps = handler_.Stamps(faults_before_);
@@ -507,6 +677,7 @@ class CaseRun {
     samples->touch_seconds += (end - start) * 1e-9;
     for (std::size_t i = 0; i < pages_; ++i) {
       samples->round_trip.push_back(ns(before_[i], after_[i]));
+      if (i >= stamps.size()) continue;  // no uffd event to split the round trip at
       samples->to_handler.push_back(ns(before_[i], stamps[i].got));
       samples->ioctl.push_back(ns(stamps[i].got, stamps[i].resolved));
       samples->to_resume.push_back(ns(stamps[i].resolved, after_[i]));
@@ -525,9 +696,14 @@ class CaseRun {
     }
     for (int round = 0; round <= kRounds; ++round) {
       if (std::string e = Round(c_, round, &m->main, m); !e.empty()) return e;
-      if (c_ == Case::kMinorContinue) {
-        if (std::string e = Round(Case::kMissingCopy, round, &m->copy_beside, m); !e.empty()) {
+      if (c_ == Case::kMinorContinue || c_ == Case::kMove) {
+        if (std::string e = Round(Case::kMissingCopy, round, &m->beside, m); !e.empty()) {
           return "the missing_copy rounds beside: " + e;
+        }
+      }
+      if (c_ == Case::kWpMarker) {
+        if (std::string e = Round(Case::kNoneFault, round, &m->beside, m); !e.empty()) {
+          return "the none_fault rounds beside: " + e;
         }
       }
     }
@@ -557,7 +733,13 @@ class CaseRun {
       if (!e.empty()) return "the ioctl alone: " + e;
       ns.push_back(static_cast<double>(end - start) * TscNsPerTick());
     }
-    if (CountPresent(ReadPagemap(region_.base(), region_.bytes())) * kPage4K != region_.bytes()) {
+    const std::vector<uint64_t> pagemap = ReadPagemap(region_.base(), region_.bytes());
+    if (OnMarkers(c_)) {
+      // Un-protecting a marker leaves a none entry: nothing is mapped, nothing stays protected.
+      if (std::any_of(pagemap.begin(), pagemap.end(), PagemapUffdWp)) {
+        return "premise: the ioctl alone left uffd-wp markers";
+      }
+    } else if (CountPresent(pagemap) * kPage4K != region_.bytes()) {
       return "premise: the ioctl alone left pages unmapped";
     }
     *median_ns = Median(ns);
@@ -572,16 +754,30 @@ class CaseRun {
   const std::size_t pages_;
   int handler_cpu_ = -1;
   // Destroyed in reverse: the handler, then the descriptor, then the memory it served.
-  UffdRegion region_, source_;
+  UffdRegion region_, source_, move_source_;
   Userfaultfd uffd_;
   FaultHandler handler_;
   std::atomic<Case> round_kind_{Case::kMissingCopy};
+  std::vector<double> protect_ns_per_page_;  // wp_unpopulated's Prepare, per round
   std::size_t faults_before_ = 0;
   std::vector<uint64_t> before_, after_;
 };
 
 std::string CpusLabel(int cpu, int handler_cpu) {
   return handler_cpu < 0 ? std::to_string(cpu) : absl::StrCat(cpu, ",", handler_cpu);
+}
+
+// A skip row (a reason the case cannot run here) or a failure row; false when the row ran.
+bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std::string& error) {
+  if (skip.empty() && error.empty()) return false;
+  if (!skip.empty()) {
+    Skip(state, skip);
+  } else {
+    state.SkipWithError(error.c_str());
+  }
+  for (auto _ : state) {
+  }
+  return true;
 }
 
 void ReportSplit(benchmark::State& state, const Samples& s) {
@@ -600,16 +796,7 @@ void RunCase(benchmark::State& state, Case c, UffdMemory memory, HandlerMode mod
     CaseRun run(c, memory, mode, pages);
     m = run.Measure();
   }
-  if (!m.skip.empty() || !m.error.empty()) {
-    if (!m.skip.empty()) {
-      Skip(state, m.skip);
-    } else {
-      state.SkipWithError(m.error.c_str());
-    }
-    for (auto _ : state) {
-    }
-    return;
-  }
+  if (SkippedOrFailed(state, m.skip, m.error)) return;
   Samples& s = m.main;
   const double faults = static_cast<double>(s.round_trip.size());
   double seconds = 0;
@@ -626,16 +813,31 @@ void RunCase(benchmark::State& state, Case c, UffdMemory memory, HandlerMode mod
   if (mode != HandlerMode::kSigbus) {
     state.counters["floor_ns"] = m.floor_ns;
     state.counters["trap_ns"] = m.trap_ns;
-    state.counters["handler_vs_floor"] =
-        m.floor_ns > 0 ? (summary.p50 - m.ioctl_alone_ns - m.trap_ns) / m.floor_ns : 0;
+    // Not for the cases on markers: their round trip holds a whole fault before the uffd one.
+    if (!OnMarkers(c)) {
+      state.counters["handler_vs_floor"] =
+          m.floor_ns > 0 ? (summary.p50 - m.ioctl_alone_ns - m.trap_ns) / m.floor_ns : 0;
+    }
   }
-  if (c == Case::kMinorContinue) {
-    const double copy_p50 = Median(m.copy_beside.round_trip);
+  if (c == Case::kMinorContinue || c == Case::kMove) {
+    const double copy_p50 = Median(m.beside.round_trip);
     state.counters["copy_p50_ns"] = copy_p50;
-    state.counters["continue_vs_copy"] = copy_p50 > 0 ? summary.p50 / copy_p50 : 0;
+    state.counters[c == Case::kMove ? "move_vs_copy" : "continue_vs_copy"] =
+        copy_p50 > 0 ? summary.p50 / copy_p50 : 0;
   }
+  if (c == Case::kWpMarker) {
+    const double none_p50 = Median(m.beside.round_trip);
+    state.counters["none_fault_ns"] = none_p50;
+    state.counters["marker_vs_none"] = none_p50 > 0 ? summary.p50 / none_p50 : 0;
+  }
+  if (c == Case::kWpUnpopulated) {
+    state.counters["protect_ns_per_page"] = Median(m.protect_ns_per_page);
+  }
+  // Which feature made the markers where anonymous memory needs one asked for.
+  const bool asked_markers = FeaturesFor(c, memory, mode) & UFFD_FEATURE_WP_UNPOPULATED;
   state.SetLabel(absl::StrCat("memory=", UffdMemoryName(memory), " handler=", HandlerModeName(mode),
-                              " cpus=", CpusLabel(m.cpu, m.handler_cpu), " premise=verified"));
+                              " cpus=", CpusLabel(m.cpu, m.handler_cpu), " premise=verified",
+                              asked_markers ? " markers=UFFD_FEATURE_WP_UNPOPULATED" : ""));
   for (auto _ : state) {
   }
   state.SetIterationTime(seconds);
@@ -681,6 +883,241 @@ void RunFloor(benchmark::State& state, HandlerMode mode, int rounds) {
   state.SetIterationTime(seconds);
 }
 
+// uffd/poison/anon4k/pages:N: reads of poisoned none pages, each a SIGBUS caught and jumped back
+// from. No handler mode: the kernel answers the fault itself, with the signal.
+struct PoisonMeasurement {
+  std::string skip, error;
+  std::vector<double> round_trip, reference_ns, poison_ns_per_page;
+  double first_round_ns = 0;
+  int code = 0, cpu = -1;
+};
+
+std::string PoisonRounds(std::size_t pages, PoisonMeasurement* m) {
+  UffdRegion region;
+  if (std::string e = region.Map(UffdMemory::kAnon4K, pages * kPage4K); !e.empty()) return e;
+  Userfaultfd uffd;
+  if (std::string e = uffd.Open(UFFD_FEATURE_POISON); !e.empty()) {
+    m->skip = e;
+    return {};
+  }
+  uint64_t ioctls = 0;
+  if (std::string e = uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_MISSING,
+                                    &ioctls);
+      !e.empty()) {
+    m->skip = e + " registering anon4k";
+    return {};
+  }
+  if (!(ioctls & (uint64_t{1} << kUffdioPoisonBit))) {
+    m->skip = absl::StrCat("UFFDIO_POISON is not among the ioctls UFFDIO_REGISTER allows on "
+                           "anon4k (0x", absl::Hex(ioctls), ")");
+    return {};
+  }
+  SegvCatcher catcher(SIGBUS);
+  if (!catcher.error().empty()) return catcher.error();
+  const double tick = TscNsPerTick();
+  for (int round = 0; round <= kRounds; ++round) {
+    if (std::string e = region.Zap(); !e.empty()) return e;
+    const uint64_t start = TscNow();
+    std::string e = uffd.Poison(region.base(), region.bytes());
+    const uint64_t end = TscNow();
+    if (!e.empty()) return e;
+    m->poison_ns_per_page.push_back(static_cast<double>(end - start) * tick /
+                                    static_cast<double>(pages));
+    if (std::size_t present = CountPresent(ReadPagemap(region.base(), region.bytes()));
+        present != 0) {
+      return absl::StrCat("premise: ", present, " of ", pages,
+                          " pages present after UFFDIO_POISON");
+    }
+    m->reference_ns.push_back(ReferenceWorkNs());
+    double sum = 0;
+    for (std::size_t i = 0; i < pages; ++i) {
+      char* page = region.base() + i * kPage4K;
+      SegvEvent event;
+      uint64_t ticks = 0;
+      if (!catcher.ReadFaults(page, &event, &ticks)) {
+        return absl::StrCat("premise: the read of poisoned page ", i, " raised no SIGBUS");
+      }
+      if (event.addr != page) {
+        return absl::StrCat("premise: the SIGBUS of page ", i, " came at ",
+                            Hex(reinterpret_cast<uintptr_t>(event.addr)), ", not at the page (",
+                            Hex(reinterpret_cast<uintptr_t>(page)), ")");
+      }
+      if (round == 0 && i == 0) m->code = event.code;
+      if (event.code != m->code) {
+        return absl::StrCat("premise: SIGBUS si_code ", BusCodeName(event.code), " for page ", i,
+                            ", the first was ", BusCodeName(m->code));
+      }
+      const double ns = static_cast<double>(ticks) * tick;
+      if (round == 0) {
+        sum += ns;
+      } else {
+        m->round_trip.push_back(ns);
+      }
+    }
+    if (round == 0) m->first_round_ns = sum / static_cast<double>(pages);
+  }
+  return {};
+}
+
+void RunPoison(benchmark::State& state) {
+  const auto pages = static_cast<std::size_t>(state.range(0));
+  PoisonMeasurement m;
+  if (auto why = WhyCannotRun({Feature::kUserfaultfd})) {
+    m.skip = *why;
+  } else if (auto pin = PinWorker(0, &m.cpu)) {
+    m.skip = *pin;
+  } else {
+    m.error = PoisonRounds(pages, &m);
+  }
+  if (SkippedOrFailed(state, m.skip, m.error)) return;
+  double seconds = 0;
+  for (double ns : m.round_trip) seconds += ns * 1e-9;
+  LatencySummary summary = Summarize(m.round_trip);
+  ReportLatency(state, summary);
+  state.counters["first_round_ns"] = m.first_round_ns;
+  state.counters["reference_ns"] = Median(m.reference_ns);
+  state.counters["poison_ns_per_page"] = Median(m.poison_ns_per_page);
+  state.SetLabel(absl::StrCat("memory=anon4k si_code=", BusCodeName(m.code), " cpus=", m.cpu,
+                              " premise=verified"));
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(seconds);
+}
+
+// uffd/wp_async/<memory>/pages:N: writes to pages write-protected under UFFD_FEATURE_WP_ASYNC,
+// which the kernel resolves itself, then PAGEMAP_SCAN for the pages written.
+struct AsyncMeasurement {
+  std::string skip, error;
+  std::vector<double> round_trip, reference_ns, scan_ns_per_page;
+  double first_round_ns = 0;
+  int cpu = -1;
+};
+
+// The runs of pages [first, first + 2, ...) of `region` as PAGEMAP_SCAN gives them: one page each.
+std::string CheckScan(const UffdRegion& region, std::size_t first,
+                      const std::vector<AddressRange>& found) {
+  const std::size_t written = (region.pages() - first + 1) / 2;
+  if (found.size() != written) {
+    return absl::StrCat("premise: PAGEMAP_SCAN found ", found.size(), " runs of written pages, ",
+                        written, " pages were written apart");
+  }
+  for (std::size_t i = 0; i < written; ++i) {
+    char* page = region.base() + (first + 2 * i) * region.page();
+    if (found[i].start != page || found[i].end != page + region.page()) {
+      return absl::StrCat("premise: PAGEMAP_SCAN run ", i, " is [",
+                          Hex(reinterpret_cast<uintptr_t>(found[i].start)), ", ",
+                          Hex(reinterpret_cast<uintptr_t>(found[i].end)),
+                          "), not the page written (", Hex(reinterpret_cast<uintptr_t>(page)), ")");
+    }
+  }
+  return {};
+}
+
+std::string WpAsyncRounds(UffdMemory memory, std::size_t pages, AsyncMeasurement* m) {
+  UffdRegion region;
+  if (std::string e = region.Map(memory, pages * UffdPageSize(memory)); !e.empty()) return e;
+  std::memset(region.base(), 1, region.bytes());  // populated: WP_ASYNC protects present pages
+  Userfaultfd uffd;
+  const uint64_t features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC |
+                            (memory == UffdMemory::kShmem ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+  if (std::string e = uffd.Open(features); !e.empty()) {
+    m->skip = e;
+    return {};
+  }
+  if (std::string e = uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_WP);
+      !e.empty()) {
+    m->skip = e + " registering " + UffdMemoryName(memory);
+    return {};
+  }
+  // No handler resolves anything here. This one only watches: an event (a kernel that did not
+  // resolve a fault itself) fails the row, and its failure unregisters the range, so the write
+  // that raised it goes on instead of waiting for an answer forever.
+  FaultHandler watchdog;
+  if (std::string e = watchdog.Start(
+          uffd, region.range(), HandlerMode::kSameCpu, /*cpu=*/-1,
+          [](char* address, uint64_t flags) {
+            return absl::StrCat("premise: a uffd event (flags 0x", absl::Hex(flags), ") at ",
+                                Hex(reinterpret_cast<uintptr_t>(address)),
+                                " under UFFD_FEATURE_WP_ASYNC");
+          },
+          1);
+      !e.empty()) {
+    return e;
+  }
+  if (std::string e = uffd.WriteProtect(region.base(), region.bytes(), true); !e.empty()) return e;
+  const std::size_t page = region.page();
+  std::vector<uint64_t> before(pages), after(pages);
+  std::vector<AddressRange> found;
+  const double tick = TscNsPerTick();
+  for (int round = 0; round <= kRounds; ++round) {
+    // Every page protected: by UFFDIO_WRITEPROTECT, then by each scan's PM_SCAN_WP_MATCHING.
+    const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
+    if (CountPresent(pagemap) != pagemap.size() ||
+        std::count_if(pagemap.begin(), pagemap.end(), PagemapUffdWp) !=
+            static_cast<std::ptrdiff_t>(pagemap.size())) {
+      return absl::StrCat("premise: before round ", round,
+                          ", not every page present and protected");
+    }
+    // Every other page, alternating between rounds, so the scan has pages to leave out.
+    const std::size_t first = static_cast<std::size_t>(round) % 2;
+    const std::size_t writes = (pages - first + 1) / 2;
+    const char value = static_cast<char>(2 + round);
+    m->reference_ns.push_back(ReferenceWorkNs());
+    StampedTouches<true>(region.base() + first * page, 2 * page, writes, value, before.data(),
+                         after.data());
+    if (watchdog.faults() != 0) return "handler: " + watchdog.Stop();
+    const uint64_t start = TscNow();
+    std::string e = PagemapScanWritten(region.base(), region.bytes(), /*reprotect=*/true, &found);
+    const uint64_t end = TscNow();
+    if (!e.empty()) return e;
+    if (e = CheckScan(region, first, found); !e.empty()) return e;
+    for (std::size_t i = 0; i < writes; ++i) {
+      if (region.base()[(first + 2 * i) * page] != value) {
+        return absl::StrCat("premise: page ", first + 2 * i, " does not hold the byte written");
+      }
+    }
+    m->scan_ns_per_page.push_back(static_cast<double>(end - start) * tick /
+                                  static_cast<double>(pages));
+    double sum = 0;
+    for (std::size_t i = 0; i < writes; ++i) {
+      const double ns = static_cast<double>(after[i] - before[i]) * tick;
+      if (round == 0) {
+        sum += ns;
+      } else {
+        m->round_trip.push_back(ns);
+      }
+    }
+    if (round == 0) m->first_round_ns = sum / static_cast<double>(writes);
+  }
+  if (std::string e = watchdog.Stop(); !e.empty()) return "handler: " + e;
+  return {};
+}
+
+void RunWpAsync(benchmark::State& state, UffdMemory memory) {
+  const auto pages = static_cast<std::size_t>(state.range(0));
+  AsyncMeasurement m;
+  if (auto why = WhyCannotRun(Needs(memory))) {
+    m.skip = *why;
+  } else if (auto pin = PinWorker(0, &m.cpu)) {
+    m.skip = *pin;
+  } else {
+    m.error = WpAsyncRounds(memory, pages, &m);
+  }
+  if (SkippedOrFailed(state, m.skip, m.error)) return;
+  double seconds = 0;
+  for (double ns : m.round_trip) seconds += ns * 1e-9;
+  LatencySummary summary = Summarize(m.round_trip);
+  ReportLatency(state, summary);
+  state.counters["first_round_ns"] = m.first_round_ns;
+  state.counters["reference_ns"] = Median(m.reference_ns);
+  state.counters["scan_ns_per_page"] = Median(m.scan_ns_per_page);
+  state.SetLabel(absl::StrCat("memory=", UffdMemoryName(memory), " cpus=", m.cpu,
+                              " premise=verified"));
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(seconds);
+}
+
 void RegisterUffdSuite(const RunOptions& options) {
   const int repetitions = options.quick ? 3 : 5;  // as fault_suite and fork_suite
   for (const CaseKind& kind : CaseKinds()) {
@@ -713,6 +1150,27 @@ void RegisterUffdSuite(const RunOptions& options) {
         ->UseManualTime()
         ->Unit(benchmark::kNanosecond);
   }
+  const long poison_pages = PagesFor(UffdMemory::kAnon4K, options.quick);
+  benchmark::RegisterBenchmark("uffd/poison/anon4k", [](benchmark::State& st) { RunPoison(st); })
+      ->Args({poison_pages})
+      ->ArgNames({"pages"})
+      ->Iterations(poison_pages * kRounds)
+      ->Repetitions(repetitions)
+      ->UseManualTime()
+      ->Unit(benchmark::kNanosecond);
+  for (UffdMemory memory : {UffdMemory::kAnon4K, UffdMemory::kShmem}) {
+    const long pages = PagesFor(memory, options.quick);
+    const std::string name = absl::StrCat("uffd/wp_async/", UffdMemoryName(memory));
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [memory](benchmark::State& st) { RunWpAsync(st, memory); })
+        ->Args({pages})
+        ->ArgNames({"pages"})
+        // Every other page is written per round.
+        ->Iterations(pages / 2 * kRounds)
+        ->Repetitions(repetitions)
+        ->UseManualTime()
+        ->Unit(benchmark::kNanosecond);
+  }
   // The model's round trips, markers, write-protect and zeropage cases in the same invocation
   // (same machine state and pinning), unless the model suite runs anyway.
   if (!RunsSuite(options, "model")) RegisterModelUffdCases(options);
@@ -729,8 +1187,10 @@ std::vector<SuiteVariant> UffdVariants() {
 }
 
 FAULTLAB_SUITE(Suite{"uffd",
-                     "userfaultfd round trips: missing (copy, zeropage), minor (continue) and wp "
-                     "faults per memory type and handler mode, beside an eventfd floor",
+                     "userfaultfd round trips: missing (copy, zeropage, move), minor (continue) and "
+                     "wp faults (on present pages, on markers kept across a zap, on unpopulated "
+                     "ranges) per memory type and handler mode, beside an eventfd floor; poison "
+                     "and async wp (PAGEMAP_SCAN) with no handler",
                      UffdVariants(), RegisterUffdSuite});
 
 }  // namespace

@@ -109,7 +109,10 @@ std::vector<Row> Rows() {
       {"missing_copy", {"anon4k", "shmem", "hugetlb2m"}},
       {"missing_zeropage", {"anon4k", "shmem", "hugetlb2m"}},
       {"minor_continue", {"shmem", "hugetlb2m"}},
-      {"wp", {"anon4k", "shmem", "hugetlb2m"}}};
+      {"wp", {"anon4k", "shmem", "hugetlb2m"}},
+      {"wp_marker", {"shmem", "hugetlb2m"}},
+      {"wp_unpopulated", {"anon4k", "shmem", "hugetlb2m"}},
+      {"move", {"anon4k"}}};
   for (const auto& [c, memories] : cases) {
     for (const std::string& memory : memories) {
       for (const char* mode : {"same_cpu", "other_cpu", "sigbus"}) {
@@ -124,14 +127,17 @@ std::vector<Row> Rows() {
 unsigned long long FeaturesNeeded(const Row& row) {
   unsigned long long needed = row.mode == "sigbus" ? UFFD_FEATURE_SIGBUS : 0;
   const bool shmem = row.memory == "shmem", hugetlb = row.memory == "hugetlb2m";
-  if (row.c == "wp") {
+  if (row.c.rfind("wp", 0) == 0) {
     needed |= UFFD_FEATURE_PAGEFAULT_FLAG_WP | (shmem || hugetlb ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+    // Anonymous none entries take markers only when asked (bit 13 in 6.18's uapi).
+    if (row.c == "wp_unpopulated" && !shmem && !hugetlb) needed |= 1ull << 13;
   } else {
     needed |= shmem ? UFFD_FEATURE_MISSING_SHMEM : hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : 0;
   }
   if (row.c == "minor_continue") {
     needed |= shmem ? UFFD_FEATURE_MINOR_SHMEM : UFFD_FEATURE_MINOR_HUGETLBFS;
   }
+  if (row.c == "move") needed |= 1ull << 16;  // UFFD_FEATURE_MOVE, newer than these headers
   return needed;
 }
 
@@ -165,7 +171,8 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
   }
   const bool thread = expected.mode != "sigbus";
   EXPECT_EQ(row.contains("floor_ns"), thread);
-  EXPECT_EQ(row.contains("handler_vs_floor"), thread);
+  const bool on_markers = expected.c == "wp_marker" || expected.c == "wp_unpopulated";
+  EXPECT_EQ(row.contains("handler_vs_floor"), thread && !on_markers);
   if (thread) {
     EXPECT_GT(row.value("floor_ns", 0.0), 0);
     EXPECT_GT(row.value("trap_ns", 0.0), 0);
@@ -177,6 +184,24 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
     EXPECT_GT(row.value("copy_p50_ns", 0.0), 0);
   } else {
     EXPECT_FALSE(row.contains("continue_vs_copy"));
+  }
+  EXPECT_EQ(row.contains("move_vs_copy"), expected.c == "move");
+  if (expected.c == "move") {
+    EXPECT_GT(row.value("move_vs_copy", 0.0), 0);
+    EXPECT_GT(row.value("copy_p50_ns", 0.0), 0);
+  }
+  // wp_marker: a fault on a marker against the same write on a none entry, in the same run.
+  EXPECT_EQ(row.contains("marker_vs_none"), expected.c == "wp_marker");
+  if (expected.c == "wp_marker") {
+    EXPECT_GT(row.value("marker_vs_none", 0.0), 0);
+    EXPECT_GT(row.value("none_fault_ns", 0.0), 0);
+  }
+  EXPECT_EQ(row.contains("protect_ns_per_page"), expected.c == "wp_unpopulated");
+  if (expected.c == "wp_unpopulated") {
+    EXPECT_GT(row.value("protect_ns_per_page", 0.0), 0);
+    EXPECT_EQ(label.find("markers=UFFD_FEATURE_WP_UNPOPULATED") != std::string::npos,
+              expected.memory == "anon4k")
+        << label;
   }
   if (Opened(results, "page-faults")) {
     EXPECT_GE(row.value("page-faults", 0.0), 0.99);
@@ -250,6 +275,51 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
       EXPECT_GT(row.value("counted_p50_ns", 0.0), 0);
     }
   }
+  // uffd/poison/anon4k: no handler; each read of a poisoned page a SIGBUS, its si_code named.
+  const std::vector<json> poison = IterationRows(outcome.results, "uffd/poison/anon4k/pages:64/");
+  ASSERT_EQ(poison.size(), 3u);
+  for (const json& row : poison) {
+    SCOPED_TRACE(row["name"].get<std::string>());
+    if (!api.error.empty()) {
+      ExpectSkipMentions(row, "userfaultfd");
+    } else if (!(api.features & (1ull << 14))) {  // UFFD_FEATURE_POISON
+      ExpectSkipMentions(row, "UFFD_FEATURE_POISON");
+    } else {
+      ASSERT_FALSE(Skipped(row)) << Message(row);
+      const std::string label = row.value("label", "");
+      EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
+      EXPECT_NE(label.find("si_code=BUS_"), std::string::npos) << label;
+      EXPECT_EQ(row["iterations"].get<long>(), 64 * kRounds);
+      for (const char* positive :
+           {"p50_ns", "first_round_ns", "reference_ns", "poison_ns_per_page"}) {
+        EXPECT_GT(row.value(positive, 0.0), 0) << positive;
+      }
+    }
+  }
+  // uffd/wp_async/<memory>: no handler; the kernel resolves the writes, the scan finds them.
+  for (const char* memory : {"anon4k", "shmem"}) {
+    const std::vector<json> async =
+        IterationRows(outcome.results, std::string("uffd/wp_async/") + memory + "/pages:64/");
+    ASSERT_EQ(async.size(), 3u) << memory;
+    for (const json& row : async) {
+      SCOPED_TRACE(row["name"].get<std::string>());
+      if (!api.error.empty()) {
+        ExpectSkipMentions(row, "userfaultfd");
+      } else if (!(api.features & (1ull << 15))) {  // UFFD_FEATURE_WP_ASYNC
+        ExpectSkipMentions(row, "UFFD_FEATURE_WP_ASYNC");
+      } else {
+        ASSERT_FALSE(Skipped(row)) << Message(row);
+        const std::string label = row.value("label", "");
+        EXPECT_NE(label.find("memory=" + std::string(memory) + " "), std::string::npos) << label;
+        EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
+        EXPECT_EQ(row["iterations"].get<long>(), 32 * kRounds) << "every other page of 64";
+        for (const char* positive :
+             {"p50_ns", "first_round_ns", "reference_ns", "scan_ns_per_page"}) {
+          EXPECT_GT(row.value(positive, 0.0), 0) << positive;
+        }
+      }
+    }
+  }
 }
 
 TEST(CliUffd, OtherCpuWithOneCpuIsASkipSayingSo) {
@@ -257,7 +327,7 @@ TEST(CliUffd, OtherCpuWithOneCpuIsASkipSayingSo) {
       RunUffd({"--cpu", std::to_string(AllowedCpus().at(0)), "--filter", "handler:other_cpu"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<json> rows = IterationRows(outcome.results, "uffd/");
-  ASSERT_EQ(rows.size(), 3u * (11 + 1)) << "11 cases and the floor, 3 repetitions each";
+  ASSERT_EQ(rows.size(), 3u * (17 + 1)) << "17 cases and the floor, 3 repetitions each";
   for (const json& row : rows) {
     SCOPED_TRACE(row["name"].get<std::string>());
     const std::string message = Message(row);
@@ -306,7 +376,8 @@ TEST(CliUffd, HugetlbRowsRunWithAReservedPoolAndThePoolIsRestored) {
       }
     }
   }
-  EXPECT_GE(verified, 3u * 2 * 3) << "missing_copy, minor_continue and wp, same_cpu and sigbus";
+  EXPECT_GE(verified, 3u * 2 * 5)
+      << "missing_copy, minor_continue, wp, wp_marker and wp_unpopulated, same_cpu and sigbus";
 }
 
 }  // namespace

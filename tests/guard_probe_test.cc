@@ -146,6 +146,28 @@ TEST(SegvCatcher, RecordsTheSiCodeTheKernelGives) {
   EXPECT_EQ(SegvCodeName(event.code), "SEGV_MAPERR");
 }
 
+// Made for SIGBUS (the uffd suite's poison case), beside a SIGSEGV catcher: a read of a file
+// mapping past the end of its file is SIGBUS BUS_ADRERR; each catcher keeps to its own signal.
+TEST(SegvCatcher, CatchesSigbusBesideASigsegvCatcher) {
+  const int fd = memfd_create("faultlab-sigbus", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  void* p = mmap(nullptr, kPage4K, PROT_READ, MAP_SHARED, fd, 0);  // the file is empty
+  close(fd);
+  ASSERT_NE(p, MAP_FAILED);
+  SegvCatcher segv;
+  ASSERT_EQ(segv.error(), "");
+  SegvCatcher bus(SIGBUS);
+  ASSERT_EQ(bus.error(), "");
+  SegvCatcher again(SIGBUS);
+  EXPECT_NE(again.error().find("SIGBUS"), std::string::npos) << again.error();
+  SegvEvent event;
+  ASSERT_TRUE(bus.ReadFaults(p, &event));
+  EXPECT_EQ(event.addr, p);
+  EXPECT_EQ(BusCodeName(event.code), "BUS_ADRERR");
+  EXPECT_NE(SegvCatcher(SIGUSR1).error(), "") << "only SIGSEGV and SIGBUS";
+  munmap(p, kPage4K);
+}
+
 TEST(SegvCatcher, MarkerGuardPagesFaultAndReadBackAsZeroOnceRemoved) {
   SKIP_WITHOUT_GUARD_REGIONS();
   GuardLayout layout{4, 16};

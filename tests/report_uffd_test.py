@@ -47,6 +47,12 @@ def one(document, prefix):
     return next(iter(groups.values()))
 
 
+def three_digits(value):
+    """value with three significant digits, trailing zeros kept: 14.04 -> '14.0', 0.75 -> '0.750'."""
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def three_digits_us(ns):
     """ns as µs with three significant digits, as a reader would round it: 8861.2 -> '8.86 µs'."""
     us = ns / 1e3
@@ -132,6 +138,58 @@ class ReportUffdTest(unittest.TestCase):
         rows = one(document, "uffd/missing_zeropage/anon4k/handler:same_cpu/")
         trap = statistics.fmean(row["trap_ns"] for row in rows)
         self.assertIn(f"anon4k: a read fault mapping the zero page takes {trap:.0f} ns", summary)
+
+    def test_marker_round_trip_is_set_against_the_none_entry_of_the_same_run(self):
+        document = load_fixture()
+        summary = flat(self.report(document))
+        for memory in ("shmem", "hugetlb2m"):
+            rows = one(document, f"uffd/wp_marker/{memory}/handler:same_cpu/")
+            none = statistics.fmean(row["none_fault_ns"] for row in rows)
+            ratio = statistics.fmean(row["marker_vs_none"] for row in rows)
+            none_text = three_digits_us(none) if none >= 1e3 else f"{none:.0f} ns"
+            self.assertRegex(summary, rf"{memory}: same_cpu [\d.]+ µs, {three_digits(ratio)}x "
+                                      rf"±[\d.]+% the none entry's {none_text}")
+        # Rows without the ratio (an older run) leave the section out instead of inventing it.
+        document["benchmarks"] = [row for row in document["benchmarks"]
+                                  if "/wp_marker/" not in row["run_name"]]
+        self.assertNotIn("PTE marker", flat(self.report(document)))
+
+    def test_move_against_copy_says_more_or_saved(self):
+        document = load_fixture()
+        rows = one(document, "uffd/move/anon4k/handler:same_cpu/")
+        for row in rows:
+            row["move_vs_copy"] = 1.25
+        summary = flat(self.report(document))
+        self.assertRegex(summary, r"same_cpu 1\.25x ±0% \(25% more\)")
+        for row in rows:
+            row["move_vs_copy"] = 0.75
+        summary = flat(self.report(document))
+        self.assertRegex(summary, r"same_cpu 0\.750x ±0% \(25% saved\)")
+
+    def test_faults_without_a_handler_give_si_code_and_scan_cost(self):
+        document = load_fixture()
+        summary = flat(self.report(document))
+        poison = one(document, "uffd/poison/anon4k/")
+        code = poison[0]["label"].split("si_code=")[1].split()[0]
+        self.assertTrue(code.startswith("BUS_"), code)
+        self.assertIn(f"SIGBUS ({code})", summary)
+        for memory in ("anon4k", "shmem"):
+            rows = one(document, f"uffd/wp_async/{memory}/")
+            scan = statistics.fmean(row["scan_ns_per_page"] for row in rows)
+            self.assertRegex(summary, rf"wp_async {memory}: .* protecting them again "
+                                      rf"{scan:.0f} ns per page scanned")
+        # wp through a handler against the async write: the ratio of the two means of medians.
+        handled = statistics.fmean(row["p50_ns"] for row in
+                                   one(document, "uffd/wp/anon4k/handler:same_cpu/"))
+        plain = statistics.fmean(row["p50_ns"] for row in one(document, "uffd/wp_async/anon4k/"))
+        self.assertIn(f"takes {three_digits(handled / plain)}x", summary)
+
+    def test_unpopulated_rows_name_the_feature_that_made_anon_markers(self):
+        summary = flat(self.report())
+        self.assertRegex(summary, r"anon4k: same_cpu [\d.]+ µs \([\d.]+x ±[\d.]+% wp on a "
+                                  r"populated page\); UFFDIO_WRITEPROTECT [\d.]+ ns per 4 KiB page "
+                                  r"protected \(markers through UFFD_FEATURE_WP_UNPOPULATED\)")
+        self.assertRegex(summary, r"hugetlb2m: same_cpu .* per 2 MiB page protected\.")
 
     def test_guard_lines_give_the_vmas_each_way_leaves(self):
         document = load_fixture()

@@ -3,7 +3,8 @@
 // features asked and refuses one no kernel has, by name; a handler in each mode resolves faults
 // with the content the ioctl gave and one stamp per fault; nothing (thread, descriptor, SIGBUS
 // action) outlives a handler, also when its resolver fails half-way, which must not leave the
-// faulting thread hanging; UFFDIO_WRITEPROTECT shows in pagemap's uffd-wp bit.
+// faulting thread hanging; UFFDIO_WRITEPROTECT shows in pagemap's uffd-wp bit, and stays as a
+// marker where the suite's marker cases say it does.
 //
 // Nothing here is timed. Hugetlb regions are in hugetlb_uffd_probe_test.cc, which reserves pool
 // pages (and so takes the hugetlb lock); nothing here needs them.
@@ -178,6 +179,108 @@ TEST(Userfaultfd, WriteProtectShowsInPagemapsUffdWpBit) {
     EXPECT_FALSE(PagemapUffdWp(pagemap[1])) << "un-protecting one page left its bit";
     EXPECT_TRUE(PagemapUffdWp(pagemap[2]));
   }
+}
+
+// What the wp_marker and wp_unpopulated cases stand on (uffd_suite.cc): a protection survives
+// Zap as a PTE marker on shmem (not present, uffd-wp bit) and a write to it is a WP fault that
+// finds the page cache's content; on anonymous memory a zap drops the protection, even with
+// UFFD_FEATURE_WP_UNPOPULATED, which only lets UFFDIO_WRITEPROTECT put markers on none entries.
+TEST(Userfaultfd, ZapKeepsTheProtectionAsAMarkerOnShmemNotOnAnon) {
+  for (UffdMemory memory : {UffdMemory::kAnon4K, UffdMemory::kShmem}) {
+    SCOPED_TRACE(UffdMemoryName(memory));
+    const bool shmem = memory == UffdMemory::kShmem;
+    UffdRegion region;
+    ASSERT_EQ(region.Map(memory, 2 * kPage), "");
+    std::memset(region.base(), 'c', region.bytes());
+    Userfaultfd uffd;
+    OPEN_OR_SKIP(uffd, UFFD_FEATURE_PAGEFAULT_FLAG_WP |
+                           (shmem ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : UFFD_FEATURE_WP_UNPOPULATED));
+    ASSERT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_WP), "");
+    ASSERT_EQ(uffd.WriteProtect(region.base(), region.bytes(), true), "");
+    ASSERT_EQ(region.Zap(), "");
+    for (uint64_t e : ReadPagemap(region.base(), region.bytes())) {
+      EXPECT_FALSE(PagemapPresent(e));
+      EXPECT_EQ(PagemapUffdWp(e), shmem) << "entry 0x" << std::hex << e;
+    }
+    if (!shmem) continue;
+    FaultHandler handler;
+    ASSERT_EQ(handler.Start(uffd, region.range(), HandlerMode::kSameCpu, AllowedCpus().at(0),
+                            [&](char* address, uint64_t) {
+                              return uffd.WriteProtect(address, kPage, false);
+                            },
+                            2),
+              "");
+    WriteEachPage(region.base(), 2, kPage, 'w');
+    ASSERT_TRUE(handler.WaitForFaults(2));
+    for (const HandlerStamps& s : handler.Stamps()) {
+      EXPECT_EQ(s.flags, uint64_t{UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_WRITE});
+    }
+    EXPECT_EQ(handler.Stop(), "");
+    EXPECT_EQ(region.base()[1], 'c') << "the page cache's content";
+    for (uint64_t e : ReadPagemap(region.base(), region.bytes())) {
+      EXPECT_TRUE(PagemapPresent(e));
+      EXPECT_FALSE(PagemapUffdWp(e));
+    }
+  }
+}
+
+TEST(Userfaultfd, WriteProtectOfNoneAnonEntriesMarksThemOnlyWithWpUnpopulated) {
+  for (bool unpopulated : {false, true}) {
+    SCOPED_TRACE(unpopulated ? "UFFD_FEATURE_WP_UNPOPULATED" : "without");
+    UffdRegion region;
+    ASSERT_EQ(region.Map(UffdMemory::kAnon4K, 2 * kPage), "");
+    Userfaultfd uffd;
+    OPEN_OR_SKIP(uffd, UFFD_FEATURE_PAGEFAULT_FLAG_WP |
+                           (unpopulated ? UFFD_FEATURE_WP_UNPOPULATED : 0));
+    ASSERT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_WP), "");
+    ASSERT_EQ(uffd.WriteProtect(region.base(), region.bytes(), true), "");
+    for (uint64_t e : ReadPagemap(region.base(), region.bytes())) {
+      EXPECT_FALSE(PagemapPresent(e));
+      EXPECT_EQ(PagemapUffdWp(e), unpopulated) << "entry 0x" << std::hex << e;
+    }
+  }
+}
+
+// PAGEMAP_SCAN's structs are declared in uffd_probe.cc (newer than the headers): a wrong layout
+// would make the kernel refuse them or answer nonsense. Under UFFD_FEATURE_WP_ASYNC the kernel
+// resolves each write itself (no handler runs here: a write it did not resolve would hang the
+// test, which ctest's timeout turns into a failure); the scan finds exactly the pages written,
+// and with reprotect protects them again, so a second scan finds none.
+TEST(PagemapScan, FindsExactlyThePagesWrittenUnderWpAsyncAndProtectsThemAgain) {
+  constexpr std::size_t kPages = 8;
+  UffdRegion region;
+  ASSERT_EQ(region.Map(UffdMemory::kAnon4K, kPages * kPage), "");
+  std::memset(region.base(), 1, region.bytes());
+  Userfaultfd uffd;
+  OPEN_OR_SKIP(uffd, UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC);
+  ASSERT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_WP), "");
+  ASSERT_EQ(uffd.WriteProtect(region.base(), region.bytes(), true), "");
+  std::vector<AddressRange> written;
+  ASSERT_EQ(PagemapScanWritten(region.base(), region.bytes(), false, &written), "");
+  EXPECT_TRUE(written.empty()) << written.size() << " runs written before any write";
+  for (std::size_t i : {1, 2, 5}) static_cast<volatile char*>(region.base())[i * kPage] = 'w';
+  std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
+  EXPECT_FALSE(PagemapUffdWp(pagemap[1])) << "the kernel un-protected the page written";
+  EXPECT_TRUE(PagemapUffdWp(pagemap[0]));
+  ASSERT_EQ(PagemapScanWritten(region.base(), region.bytes(), true, &written), "");
+  ASSERT_EQ(written.size(), 2u) << "pages 1-2 and 5";
+  EXPECT_EQ(written[0].start, region.base() + kPage);
+  EXPECT_EQ(written[0].end, region.base() + 3 * kPage);
+  EXPECT_EQ(written[1].start, region.base() + 5 * kPage);
+  EXPECT_EQ(written[1].end, region.base() + 6 * kPage);
+  pagemap = ReadPagemap(region.base(), region.bytes());
+  for (uint64_t e : pagemap) EXPECT_TRUE(PagemapUffdWp(e)) << "PM_SCAN_WP_MATCHING protects again";
+  ASSERT_EQ(PagemapScanWritten(region.base(), region.bytes(), false, &written), "");
+  EXPECT_TRUE(written.empty());
+}
+
+// Without WP_ASYNC the scan refuses, as PM_SCAN_CHECK_WPASYNC asks: EPERM.
+TEST(PagemapScan, RefusesARangeWithoutWpAsync) {
+  UffdRegion region;
+  ASSERT_EQ(region.Map(UffdMemory::kAnon4K, 2 * kPage), "");
+  std::vector<AddressRange> written;
+  EXPECT_EQ(PagemapScanWritten(region.base(), region.bytes(), false, &written),
+            "PAGEMAP_SCAN: EPERM");
 }
 
 // UFFDIO_MOVE and UFFDIO_POISON are newer than the uapi headers faultlab builds with: their

@@ -4,9 +4,11 @@ model's, and guard regions against mprotect (suite guard), from DIR/results.json
 - uffd.csv: one row per benchmark of suites uffd and guard and of the model cases beside them;
 - uffd_round_trip.svg: the median round trip of each case and memory type, one bar per handler
   mode and one for the model;
-- uffd_summary.txt: the round trips and where their time goes, continue against copy, the
-  handler against its floor, the kernel against the model, guard regions against mprotect, and
-  what was skipped (also returned, for printing).
+- uffd_summary.txt: the round trips and where their time goes, continue against copy, faults on
+  markers a zap left against faults on none entries, write-protecting unpopulated ranges, move
+  against copy, the faults the kernel answers without a handler (poison, async wp), the handler
+  against its floor, the kernel against the model, guard regions against mprotect, and what was
+  skipped (also returned, for printing).
 
 Every number comes from the run; the only constants are the names of the cases and the issue's
 target for the handler (at most 10% over its floor).
@@ -23,7 +25,10 @@ from .text import format_ns, format_percent, significant, skipped_lines, times, 
 CASES = (("missing_copy", ("anon4k", "shmem", "hugetlb2m")),
          ("missing_zeropage", ("anon4k", "shmem", "hugetlb2m")),
          ("minor_continue", ("shmem", "hugetlb2m")),
-         ("wp", ("anon4k", "shmem", "hugetlb2m")))
+         ("wp", ("anon4k", "shmem", "hugetlb2m")),
+         ("wp_marker", ("shmem", "hugetlb2m")),
+         ("wp_unpopulated", ("anon4k", "shmem", "hugetlb2m")),
+         ("move", ("anon4k",)))
 MODES = ("same_cpu", "other_cpu", "sigbus")
 MODE_COLORS = {"same_cpu": "C0", "other_cpu": "C1", "sigbus": "C2"}
 MODEL_COLOR = "C7"
@@ -36,6 +41,7 @@ MODEL_BESIDE = {
     ("missing_zeropage", "anon4k"): ("uffd", "missing_zeropage", "anon4k"),
     ("missing_zeropage", "shmem"): ("uffd", "missing_zeropage", "shmem"),
     ("minor_continue", "shmem"): ("uffd", "minor_continue", "shmem"),
+    ("wp_marker", "shmem"): ("marker_fault", "uffd_wp", ""),
 }
 # The model's cases that suites uffd and guard run beside theirs (bench/model_suite.h).
 MODEL_CASES = ("uffd", "uffd_wp", "marker_fault", "marker_scan", "zap", "guard", "zeropage_read",
@@ -247,6 +253,140 @@ def zeropage_lines(found):
     return lines
 
 
+def first_label_field(bench, key):
+    """A `key=value` field of the first repetition's label (e.g. si_code=BUS_ADRERR), or None."""
+    for row in bench.rows:
+        for field in str(row.get("label", "")).split():
+            name, _, value = field.partition("=")
+            if name == key:
+                return value
+    return None
+
+
+def faults_per_round_trip(bench):
+    """page-faults per round trip (counted rounds), as text, if the run counted them."""
+    faults = bench.measure("page-faults") if bench else None
+    return f"{faults.value:.1f}" if faults is not None else None
+
+
+def marker_lines(run, found):
+    """wp_marker: a write on the uffd-wp marker a zap left, against the same write on a none
+    entry (marker_vs_none, none_fault_ns: rounds of the same benchmark)."""
+    lines = []
+    for memory in ("shmem", "hugetlb2m"):
+        parts = []
+        for mode in MODES:
+            bench = found.get(("wp_marker", memory, mode))
+            ratio = bench.measure("marker_vs_none") if bench else None
+            none = bench.measure("none_fault_ns") if bench else None
+            if ratio is None or none is None or ratio.value <= 0:
+                continue
+            text = (f"{mode} {format_ns(median_round_trip(bench).value)}, {times(ratio)} the none "
+                    f"entry's {format_ns(none.value)}")
+            if faults := faults_per_round_trip(bench):
+                text += f" ({faults} page faults per round trip)"
+            parts.append(text)
+        if parts:
+            lines.append(f"  {memory}: " + "; ".join(parts) + ".")
+    model = model_row(run, "wp_marker", "shmem")
+    if lines and model:
+        lines.append(f"  Model, a write on a uffd-wp marker of shmem through its in-process "
+                     f"handler: {format_ns(model_median(model).value)}.")
+    if lines:
+        lines[:0] = ["", "Write-protection kept across MADV_DONTNEED as a PTE marker (pagemap: "
+                         "not present with the uffd-wp bit, checked before every round): the next "
+                         "write's round trip against the same write on a none entry (an ordinary "
+                         "fault mapping the cached page, no event), same run. The marker's round "
+                         "trip is two faults: the first maps the page write-protected, the "
+                         "retried write raises the WP fault."]
+    return lines
+
+
+def unpopulated_lines(found):
+    """wp_unpopulated: UFFDIO_WRITEPROTECT of never-populated ranges (markers on none entries) and
+    the first write's round trip, against wp on populated pages."""
+    lines = []
+    for memory in ("anon4k", "shmem", "hugetlb2m"):
+        bench = found.get(("wp_unpopulated", memory, "same_cpu"))
+        populated = found.get(("wp", memory, "same_cpu"))
+        if bench is None:
+            continue
+        text = f"  {memory}: same_cpu {format_ns(median_round_trip(bench).value)}"
+        if populated is not None:
+            text += (f" ({times(median_round_trip(bench) / median_round_trip(populated))} wp on a "
+                     "populated page)")
+        protect = bench.measure("protect_ns_per_page")
+        if protect is not None:
+            unit = "2 MiB page" if memory == "hugetlb2m" else "4 KiB page"
+            text += f"; UFFDIO_WRITEPROTECT {format_ns(protect.value)} per {unit} protected"
+        if first_label_field(bench, "markers"):
+            text += f" (markers through {first_label_field(bench, 'markers')})"
+        lines.append(text + ".")
+    if lines:
+        lines[:0] = ["", "Write-protecting unpopulated ranges (a marker in each none entry): the "
+                         "first write allocates and zeroes the page and maps it protected, then "
+                         "raises the WP fault; both are in the round trip."]
+    return lines
+
+
+def move_lines(found):
+    """move against missing_copy on the same pages, per mode (move_vs_copy)."""
+    parts = []
+    for mode in MODES:
+        bench = found.get(("move", "anon4k", mode))
+        ratio = bench.measure("move_vs_copy") if bench else None
+        if ratio is not None and ratio.value > 0:
+            change = 1 - ratio.value
+            parts.append(f"{mode} {times(ratio)} ({format_percent(abs(change))} "
+                         f"{'saved' if change >= 0 else 'more'})")
+    if not parts:
+        return []
+    return ["", "UFFDIO_MOVE against UFFDIO_COPY on the same anonymous pages, same run (round trip "
+                "medians; the source page is moved, not copied): " + ", ".join(parts) + "."]
+
+
+def no_handler_lines(run):
+    """The faults the kernel answers without a handler: a read of a UFFDIO_POISON marker (SIGBUS),
+    and a write under UFFD_FEATURE_WP_ASYNC, with PAGEMAP_SCAN's cost."""
+    lines = []
+    for poison in run.select("uffd", "poison", "anon4k"):
+        if poison.skipped:
+            continue
+        text = (f"  poison anon4k: a read of a UFFDIO_POISON marker, SIGBUS "
+                f"({first_label_field(poison, 'si_code')}) to the signal handler and back "
+                f"{with_spread(median_round_trip(poison))}")
+        guard = next((bench for bench in run.select("guard", "fault", "anon4k")
+                      if not bench.skipped), None)
+        if guard is not None:
+            text += f" (a guard marker's SIGSEGV: {format_ns(median_round_trip(guard).value)})"
+        per_page = poison.measure("poison_ns_per_page")
+        if per_page is not None:
+            text += f"; UFFDIO_POISON {format_ns(per_page.value)} per page"
+        model = run.find("model", "marker_fault", "poison")
+        if model is not None and not model.skipped:
+            text += f"; model {format_ns(model_median(model).value)}"
+        lines.append(text + ".")
+    for memory in ("anon4k", "shmem"):
+        for bench in run.select("uffd", "wp_async", memory):
+            if bench.skipped:
+                continue
+            text = (f"  wp_async {memory}: a write to a protected page, resolved by the kernel "
+                    f"with no event {with_spread(median_round_trip(bench))}")
+            handled = run.find("uffd", "wp", memory, handler="same_cpu")
+            if handled is not None and not handled.skipped:
+                text += (f" (wp through a same_cpu handler takes "
+                         f"{times(median_round_trip(handled) / median_round_trip(bench))} that)")
+            scan = bench.measure("scan_ns_per_page")
+            if scan is not None:
+                text += (f"; PAGEMAP_SCAN finding the written pages and protecting them again "
+                         f"{format_ns(scan.value)} per page scanned")
+            lines.append(text + ".")
+    if lines:
+        lines[:0] = ["", "Faults the kernel answers itself, no handler (median per fault, mean "
+                         "over repetitions ± their cv):"]
+    return lines
+
+
 def handler_lines(found):
     """handler_vs_floor per thread-mode row, against the issue's target."""
     rows = [(key, bench.measure("handler_vs_floor")) for key, bench in found.items()
@@ -313,6 +453,10 @@ def summary_text(run, benchmarks, found, pairs, left_out):
     lines += split_lines(found, pairs)
     lines += continue_lines(found)
     lines += zeropage_lines(found)
+    lines += marker_lines(run, found)
+    lines += unpopulated_lines(found)
+    lines += move_lines(found)
+    lines += no_handler_lines(run)
     lines += handler_lines(found)
     lines += guard_lines(run)
     lines += skipped_lines(benchmarks, size_arg="pages")
