@@ -780,6 +780,21 @@ bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std
   return true;
 }
 
+// A row that ran: the manual time is the sum of its round trips (ns each), p50_ns.. max_ns their
+// distribution, `label` what ran where. Counters set after this still reach the row.
+LatencySummary ReportRoundTrips(benchmark::State& state, std::vector<double>& round_trips,
+                                const std::string& label) {
+  double seconds = 0;
+  for (double ns : round_trips) seconds += ns * 1e-9;
+  LatencySummary summary = Summarize(round_trips);
+  ReportLatency(state, summary);
+  state.SetLabel(label);
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(seconds);
+  return summary;
+}
+
 void ReportSplit(benchmark::State& state, const Samples& s) {
   state.counters["to_handler_ns"] = Median(s.to_handler);
   state.counters["ioctl_ns"] = Median(s.ioctl);
@@ -799,11 +814,14 @@ void RunCase(benchmark::State& state, Case c, UffdMemory memory, HandlerMode mod
   if (SkippedOrFailed(state, m.skip, m.error)) return;
   Samples& s = m.main;
   const double faults = static_cast<double>(s.round_trip.size());
-  double seconds = 0;
-  for (double ns : s.round_trip) seconds += ns * 1e-9;
+  // Which feature made the markers where anonymous memory needs one asked for.
+  const bool asked_markers = FeaturesFor(c, memory, mode) & UFFD_FEATURE_WP_UNPOPULATED;
+  const LatencySummary summary = ReportRoundTrips(
+      state, s.round_trip,
+      absl::StrCat("memory=", UffdMemoryName(memory), " handler=", HandlerModeName(mode),
+                   " cpus=", CpusLabel(m.cpu, m.handler_cpu), " premise=verified",
+                   asked_markers ? " markers=UFFD_FEATURE_WP_UNPOPULATED" : ""));
   ReportSplit(state, s);
-  LatencySummary summary = Summarize(s.round_trip);
-  ReportLatency(state, summary);
   ReportPerEvent(state, m.totals, static_cast<double>(m.counted.round_trip.size()));
   state.counters["counted_p50_ns"] = Median(m.counted.round_trip);
   state.counters["first_round_ns"] = s.first_round_ns;
@@ -833,14 +851,6 @@ void RunCase(benchmark::State& state, Case c, UffdMemory memory, HandlerMode mod
   if (c == Case::kWpUnpopulated) {
     state.counters["protect_ns_per_page"] = Median(m.protect_ns_per_page);
   }
-  // Which feature made the markers where anonymous memory needs one asked for.
-  const bool asked_markers = FeaturesFor(c, memory, mode) & UFFD_FEATURE_WP_UNPOPULATED;
-  state.SetLabel(absl::StrCat("memory=", UffdMemoryName(memory), " handler=", HandlerModeName(mode),
-                              " cpus=", CpusLabel(m.cpu, m.handler_cpu), " premise=verified",
-                              asked_markers ? " markers=UFFD_FEATURE_WP_UNPOPULATED" : ""));
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
 }
 
 // uffd/floor/eventfd/handler:<mode>: the ping-pong alone, pinned as the mode pins its threads.
@@ -868,19 +878,13 @@ void RunFloor(benchmark::State& state, HandlerMode mode, int rounds) {
     }
     return;
   }
-  double seconds = 0;
-  for (double x : ns) seconds += x * 1e-9;
-  LatencySummary summary = Summarize(ns);
-  ReportLatency(state, summary);
+  // Both threads ran where they were pinned (EventfdPingPongNs checks sched_getcpu).
+  ReportRoundTrips(state, ns,
+                   absl::StrCat("handler=", HandlerModeName(mode), " cpus=", CpusLabel(cpu, other),
+                                " premise=verified"));
   ReportPerEvent(state, totals, static_cast<double>(counted.size()));
   state.counters["counted_p50_ns"] = Median(counted);
   state.counters["reference_ns"] = Median(reference_ns);
-  // Both threads ran where they were pinned (EventfdPingPongNs checks sched_getcpu).
-  state.SetLabel(absl::StrCat("handler=", HandlerModeName(mode), " cpus=", CpusLabel(cpu, other),
-                              " premise=verified"));
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
 }
 
 // uffd/poison/anon4k/pages:N: reads of poisoned none pages, each a SIGBUS caught and jumped back
@@ -970,18 +974,12 @@ void RunPoison(benchmark::State& state) {
     m.error = PoisonRounds(pages, &m);
   }
   if (SkippedOrFailed(state, m.skip, m.error)) return;
-  double seconds = 0;
-  for (double ns : m.round_trip) seconds += ns * 1e-9;
-  LatencySummary summary = Summarize(m.round_trip);
-  ReportLatency(state, summary);
+  ReportRoundTrips(state, m.round_trip,
+                   absl::StrCat("memory=anon4k si_code=", BusCodeName(m.code), " cpus=", m.cpu,
+                                " premise=verified"));
   state.counters["first_round_ns"] = m.first_round_ns;
   state.counters["reference_ns"] = Median(m.reference_ns);
   state.counters["poison_ns_per_page"] = Median(m.poison_ns_per_page);
-  state.SetLabel(absl::StrCat("memory=anon4k si_code=", BusCodeName(m.code), " cpus=", m.cpu,
-                              " premise=verified"));
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
 }
 
 // uffd/wp_async/<memory>/pages:N: writes to pages write-protected under UFFD_FEATURE_WP_ASYNC,
@@ -1104,18 +1102,12 @@ void RunWpAsync(benchmark::State& state, UffdMemory memory) {
     m.error = WpAsyncRounds(memory, pages, &m);
   }
   if (SkippedOrFailed(state, m.skip, m.error)) return;
-  double seconds = 0;
-  for (double ns : m.round_trip) seconds += ns * 1e-9;
-  LatencySummary summary = Summarize(m.round_trip);
-  ReportLatency(state, summary);
+  ReportRoundTrips(state, m.round_trip,
+                   absl::StrCat("memory=", UffdMemoryName(memory), " cpus=", m.cpu,
+                                " premise=verified"));
   state.counters["first_round_ns"] = m.first_round_ns;
   state.counters["reference_ns"] = Median(m.reference_ns);
   state.counters["scan_ns_per_page"] = Median(m.scan_ns_per_page);
-  state.SetLabel(absl::StrCat("memory=", UffdMemoryName(memory), " cpus=", m.cpu,
-                              " premise=verified"));
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
 }
 
 void RegisterUffdSuite(const RunOptions& options) {
