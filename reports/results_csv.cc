@@ -46,11 +46,18 @@ std::string Cell(const nlohmann::json& value) {
   return Quote(out.str());
 }
 
-// "fault/write/anon4k/region_mib:64/threads:2" → suite, case, variant, {region_mib: 64, ...}.
+// "fault/write/anon4k/region_mib:64/threads:2" → suite, case, variant, {region_mib: 64, ...};
+// plain pieces after the variant are its detail ("shmem" in model/uffd/missing_copy/shmem), as
+// reports/faultlab_report/results.py splits names.
 struct NameParts {
-  std::string suite, case_name, variant;
+  std::string suite, case_name, variant, detail;
   std::map<std::string, std::string> args;
 };
+
+// Pieces Google Benchmark appends that say how a row was timed, not what it measured.
+bool IsTimingSuffix(const std::string& piece) {
+  return piece == "manual_time" || piece == "real_time" || piece == "process_time";
+}
 NameParts SplitName(const std::string& run_name) {
   NameParts parts;
   std::vector<std::string> pieces = absl::StrSplit(run_name, '/');
@@ -58,7 +65,7 @@ NameParts SplitName(const std::string& run_name) {
   for (const std::string& piece : pieces) {
     const auto colon = piece.find(':');
     if (colon == std::string::npos) {
-      plain.push_back(piece);
+      if (!IsTimingSuffix(piece)) plain.push_back(piece);
     } else {
       parts.args[piece.substr(0, colon)] = piece.substr(colon + 1);
     }
@@ -66,6 +73,9 @@ NameParts SplitName(const std::string& run_name) {
   if (plain.size() > 0) parts.suite = plain[0];
   if (plain.size() > 1) parts.case_name = plain[1];
   if (plain.size() > 2) parts.variant = plain[2];
+  for (std::size_t i = 3; i < plain.size(); ++i) {
+    parts.detail += (parts.detail.empty() ? "" : "/") + plain[i];
+  }
   return parts;
 }
 
@@ -86,7 +96,7 @@ std::string ResultsCsv(const nlohmann::json& results) {
     }
   }
   std::ostringstream csv;
-  csv << "name,suite,case,variant";
+  csv << "name,suite,case,variant,detail";
   for (const auto& arg : arg_names) csv << ',' << Quote(arg);
   csv << ",run_type,aggregate_name,repetition_index,iterations,real_time,cpu_time,time_unit,"
          "label,skipped";
@@ -95,7 +105,7 @@ std::string ResultsCsv(const nlohmann::json& results) {
   for (const auto& run : runs) {
     const NameParts parts = SplitName(run.value("run_name", ""));
     csv << Cell(run.value("name", "")) << ',' << Quote(parts.suite) << ','
-        << Quote(parts.case_name) << ',' << Quote(parts.variant);
+        << Quote(parts.case_name) << ',' << Quote(parts.variant) << ',' << Quote(parts.detail);
     for (const auto& arg : arg_names) {
       auto it = parts.args.find(arg);
       csv << ',' << (it == parts.args.end() ? "" : Quote(it->second));

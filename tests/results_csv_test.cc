@@ -44,10 +44,29 @@ TEST(ResultsCsv, SplitsNamesAndSpreadsCountersIntoColumns) {
   EXPECT_EQ(header.find("iterations"), header.rfind("iterations")) << header;
   // The label holds a comma, so it is quoted.
   EXPECT_NE(lines[1].find("\"backing=anon4k cpus=0,1\""), std::string::npos) << lines[1];
-  EXPECT_NE(lines[1].find(",fault,write,anon4k,"), std::string::npos) << lines[1];
+  // No detail: the pieces after the variant are arguments, and manual_time says how it was timed.
+  EXPECT_NE(lines[1].find(",fault,write,anon4k,,"), std::string::npos) << lines[1];
   EXPECT_NE(lines[2].find("\"skipped: needs 32 free 2 MiB hugetlb pages, 0 free\""),
             std::string::npos)
       << lines[2];
+}
+
+TEST(ResultsCsv, PlainPiecesAfterTheVariantAreTheDetail) {
+  // Two model rows that differ only after the variant must not collapse onto one.
+  const nlohmann::json results = nlohmann::json::parse(R"({
+    "benchmarks": [
+      {"name": "model/uffd/missing_copy/anon4k/iterations:8/repeats:3/manual_time",
+       "run_name": "model/uffd/missing_copy/anon4k/iterations:8/repeats:3/manual_time",
+       "run_type": "iteration", "iterations": 8, "real_time": 139.0, "time_unit": "ns"},
+      {"name": "model/uffd/missing_copy/shmem/iterations:8/repeats:3/manual_time",
+       "run_name": "model/uffd/missing_copy/shmem/iterations:8/repeats:3/manual_time",
+       "run_type": "iteration", "iterations": 8, "real_time": 163.0, "time_unit": "ns"}
+    ]})");
+  const std::vector<std::string> lines = Lines(faultlab::ResultsCsv(results));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].rfind("name,suite,case,variant,detail,", 0), 0u) << lines[0];
+  EXPECT_NE(lines[1].find(",model,uffd,missing_copy,anon4k,"), std::string::npos) << lines[1];
+  EXPECT_NE(lines[2].find(",model,uffd,missing_copy,shmem,"), std::string::npos) << lines[2];
 }
 
 TEST(ResultsCsv, EmptyDocumentGivesOnlyTheHeader) {
