@@ -138,7 +138,9 @@ std::optional<std::string> ProbeNumaMulti() {
   if (!nodes) return "no NUMA support (no /sys/devices/system/node/has_memory)";
   int count = CountNodeList(*nodes);
   if (count > 1) return std::nullopt;
-  return absl::StrCat("one NUMA node with memory (has_memory=", *nodes, ")");
+  // The numa suite's skip rows give the same words (numa_probe.h WhyNotTwoMemoryNodes).
+  return absl::StrCat("needs a second NUMA node with memory; this machine has ", count,
+                      " (nodes with memory: ", *nodes, ")");
 }
 
 std::optional<std::string> ProbeGuardRegions() {

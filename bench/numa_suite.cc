@@ -1,0 +1,1083 @@
+// Suite `numa`: where memory should live and what placement costs, on the real kernel.
+//
+// Benchmark names read numa/<case>/<backing>/<named arguments>:
+//
+//   matrix, for each CPU node of the run's CPUs and each node with memory, and each backing
+//   (anon4k: MADV_NOHUGEPAGE; thp: MADV_HUGEPAGE, AnonHugePages checked; hugetlb2m: MAP_HUGETLB
+//   from the memory node's own pool):
+//     first_touch/<backing>/cpu_node:N/mem_node:M  the per-fault cost of first touch of memory
+//         strictly bound to M (mbind MPOL_BIND before the touch), from a CPU of N. As in the
+//         fault suite: a TSC stamp per fault, round 0 reported apart (first_round_ns), warm-up
+//         rounds until two round medians agree within 5%, then the measured rounds.
+//     latency/...     a dependent-load pointer chase over a region 4x the LLC (and more): the 4 KiB
+//         blocks in a random order, and inside each block its 64 cache lines in a random order,
+//         the whole a single cycle; ns_per_load. One TLB miss per 64 loads at most; a cache miss
+//         (nearly) every load.
+//     bandwidth/...   a streaming read (a sum of 64-bit words) over the region, several passes;
+//         gb_per_s (10^9 bytes per second).
+//   policies, first touch of 4 KiB pages under a VMA policy (mbind before the touch):
+//     policy/{local,bind,preferred,interleave,weighted_interleave}/anon4k/cpu_node:N[/target:M]
+//     [/nodes:K]; the placement each policy promises is checked on every page, and the pages per
+//     node are counters (pages_node<N>).
+//   migration, a region filled with a pattern on `from`, moved to `to` (timed) and back
+//   (untimed) every round; after every move each page's node and every word are checked:
+//     move_pages/<backing>/batch:{1,16,512}/from:N/to:M  move_pages(2) with B pages per call;
+//         pages_per_s and the per-page distribution (each call's time over its pages).
+//     mbind_move/<backing>/from:N/to:M   mbind(MPOL_BIND {to}, MPOL_MF_MOVE|MPOL_MF_STRICT).
+//     migrate_pages/anon4k/from:N/to:M   migrate_pages(2) of a whole process: measured in a
+//         forked child holding the region, so it moves the child's other private pages on
+//         `from` too (process_pages_on_from, from numa_maps), never faultlab's own.
+//
+// Premises, before any figure is kept: the worker is pinned to a CPU of the CPU node
+// (sched_getcpu and its node checked); every page (every 2 MiB for huge backings) is queried
+// with move_pages(nodes=NULL) and must be on the node the row names, else the row fails with
+// "premise: N of M pages on node X, not Y"; every page present and the page size the backing
+// names (smaps). Rows that cannot run here are skip rows ("skipped: <reason>"), registered all
+// the same: on a one-node machine, every row that needs a second node with memory names the
+// first node number without memory (from:0/to:1) and says "needs a second NUMA node with memory;
+// this machine has 1".
+//
+// Options: --quick gives small regions and 3 repetitions (else 5). The CPU nodes are the nodes of
+// the run's CPUs (--cpu restricts them; the first run CPU of each node is the one used). --node N
+// restricts the rows to those whose memory side is N: matrix cells with mem_node N, bind and
+// preferred with target N, migration from or to N (interleave and local keep their nodes); as in
+// every suite, --node also restricts the run's CPUs to N's.
+
+#include <linux/mman.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <new>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "absl/strings/str_cat.h"
+#include "bench/harness.h"
+#include "bench/kernel_features.h"
+#include "bench/mm_probe.h"
+#include "bench/numa_probe.h"
+#include "bench/perf_counters.h"
+#include "bench/suite.h"
+#include "bench/tsc_clock.h"
+#include "topology/hugetlb.h"
+#include "topology/topology.h"
+
+namespace faultlab {
+namespace {
+
+enum class NumaBacking { kAnon4K, kThp, kHugetlb2M };
+
+struct BackingKind {
+  NumaBacking backing;
+  const char* name;
+  std::size_t page;  // what one fault maps, and the stride of placement queries
+  std::vector<Feature> needs;
+};
+const std::vector<BackingKind>& BackingKinds() {
+  static const std::vector<BackingKind> kinds = {
+      {NumaBacking::kAnon4K, "anon4k", kPage4K, {}},
+      {NumaBacking::kThp, "thp", kPage2M, {Feature::kThp}},
+      {NumaBacking::kHugetlb2M, "hugetlb2m", kPage2M, {Feature::kHugetlb2M}},
+  };
+  return kinds;
+}
+const BackingKind& KindOf(NumaBacking backing) {
+  for (const BackingKind& kind : BackingKinds()) {
+    if (kind.backing == backing) return kind;
+  }
+  std::abort();
+}
+
+std::string ErrnoText(const char* what) { return absl::StrCat(what, ": ", ErrnoName(errno)); }
+
+// One region: anonymous between PROT_NONE guards (so it stays one VMA whatever its neighbours'
+// policies), or a hugetlb mapping. Nothing is touched by Map.
+class NumaRegion {
+ public:
+  NumaRegion() = default;
+  NumaRegion(const NumaRegion&) = delete;
+  NumaRegion& operator=(const NumaRegion&) = delete;
+  ~NumaRegion() {
+    if (reservation_) munmap(reservation_, reservation_bytes_);
+  }
+
+  std::string Map(NumaBacking backing, std::size_t bytes) {
+    bytes_ = bytes;
+    if (backing == NumaBacking::kHugetlb2M) {
+      // No MAP_NORESERVE: a pool too small fails here with ENOMEM, not with SIGBUS later.
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+      if (p == MAP_FAILED) return ErrnoText("mmap(MAP_HUGETLB|MAP_HUGE_2MB)");
+      reservation_ = base_ = static_cast<char*>(p);
+      reservation_bytes_ = bytes;
+      return {};
+    }
+    const std::size_t align = backing == NumaBacking::kThp ? kPage2M : kPage4K;
+    reservation_bytes_ = bytes + 2 * align + kPage4K;
+    void* p = mmap(nullptr, reservation_bytes_, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return ErrnoText("mmap");
+    reservation_ = static_cast<char*>(p);
+    const auto after_guard = reinterpret_cast<uintptr_t>(p) + kPage4K;
+    base_ = reinterpret_cast<char*>((after_guard + align - 1) & ~(align - 1));
+    if (mprotect(base_, bytes, PROT_READ | PROT_WRITE) != 0) return ErrnoText("mprotect");
+    const int advice = backing == NumaBacking::kThp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE;
+    if (madvise(base_, bytes, advice) != 0 && !(advice == MADV_NOHUGEPAGE && errno == EINVAL)) {
+      return ErrnoText(backing == NumaBacking::kThp ? "madvise(MADV_HUGEPAGE)"
+                                                    : "madvise(MADV_NOHUGEPAGE)");
+    }
+    return {};
+  }
+
+  char* base() const { return base_; }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  char* base_ = nullptr;
+  std::size_t bytes_ = 0;
+  char* reservation_ = nullptr;
+  std::size_t reservation_bytes_ = 0;
+};
+
+// Every page present and mapped with the page size the backing names; empty if so.
+std::string CheckBacking(const BackingKind& kind, const NumaRegion& region, const char* when) {
+  const std::vector<uint64_t> pagemap = ReadPagemap(region.base(), region.bytes());
+  if (pagemap.empty()) return "premise: cannot read /proc/self/pagemap";
+  if (CountPresent(pagemap) != pagemap.size()) {
+    return absl::StrCat("premise: only ", CountPresent(pagemap), " of ", pagemap.size(),
+                        " pages present ", when);
+  }
+  const std::map<std::string, long> smaps = SmapsOf(region.base());
+  const long kb = static_cast<long>(region.bytes() / 1024);
+  switch (kind.backing) {
+    case NumaBacking::kAnon4K:
+      if (SmapsField(smaps, "AnonHugePages") != 0) {
+        return absl::StrCat("premise: 4 KiB region got huge pages (AnonHugePages ",
+                            SmapsField(smaps, "AnonHugePages"), " kB) ", when);
+      }
+      break;
+    case NumaBacking::kThp:
+      if (SmapsField(smaps, "AnonHugePages") != kb) {
+        return absl::StrCat("premise: THP region has AnonHugePages ",
+                            SmapsField(smaps, "AnonHugePages"), " of ", kb, " kB ", when,
+                            " (memory fragmented on the node, or THP defrag off?)");
+      }
+      break;
+    case NumaBacking::kHugetlb2M:
+      if (SmapsField(smaps, "KernelPageSize") != 2048 || SmapsField(smaps, "Private_Hugetlb") != kb) {
+        return absl::StrCat("premise: hugetlb mapping is not what was asked: KernelPageSize ",
+                            SmapsField(smaps, "KernelPageSize"), " kB, Private_Hugetlb ",
+                            SmapsField(smaps, "Private_Hugetlb"), " kB ", when);
+      }
+      break;
+  }
+  return {};
+}
+
+// --- Nodes and pinning -----------------------------------------------------------------------
+
+// The nodes with memory this run uses (--node restricts them); node 0 alone on a kernel without
+// NUMA.
+std::vector<int> MemoryNodes() {
+  std::vector<int> nodes = NodesWithMemory();
+  if (nodes.empty()) nodes = {0};
+  return nodes;
+}
+
+// The CPU nodes of the run's CPUs, each with the first run CPU on it.
+std::map<int, int> CpuNodes(const RunOptions& options) {
+  std::map<int, int> nodes;
+  std::vector<int> cpus = options.cpus;
+  if (cpus.empty()) cpus = {sched_getcpu()};
+  for (int cpu : cpus) {
+    const int node = NodeOfCpu(cpu);
+    if (node >= 0 && !nodes.count(node)) nodes[node] = cpu;
+  }
+  return nodes;
+}
+
+// Pins the calling thread to `cpu` and checks it runs there, on `node`. Empty on success.
+std::string PinTo(int cpu, int node) {
+  const RunOptions& options = CurrentRunOptions();
+  int got = -1;
+  if (options.topology) {
+    got = PinThisThread(*options.topology, cpu);
+  } else {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof(set), &set) == 0) got = sched_getcpu();
+  }
+  if (got != cpu) {
+    return absl::StrCat("could not pin the worker to CPU ", cpu, " (runs on ", sched_getcpu(), ")");
+  }
+  unsigned c = 0, n = 0;
+  if (getcpu(&c, &n) != 0 || static_cast<int>(n) != node) {
+    return absl::StrCat("premise: CPU ", cpu, " is on node ", n, ", not ", node);
+  }
+  return {};
+}
+
+// Why `count` 2 MiB hugetlb pages cannot be had on `node`; empty if they can.
+std::string WhyNoHugePagesOn(const BackingKind& kind, std::size_t bytes, int node) {
+  if (auto why = WhyCannotRun(kind.needs)) return *why;
+  if (kind.backing != NumaBacking::kHugetlb2M) return {};
+  const long pages = static_cast<long>(bytes / kPage2M);
+  // The node's own pool (/sys/devices/system/node/nodeN/hugepages/hugepages-2048kB): a strict
+  // bind takes pages from it alone. On a one-node machine it is the global pool.
+  return WhyNoHugetlbPages(kPage2M, pages, node).value_or("");
+}
+
+// --- Stamped first touch ---------------------------------------------------------------------
+
+// As fault_suite.cc: one byte written per page, a TSC stamp after each; not instrumented by
+// sanitizers (their shadow accesses would add faults).
+__attribute__((no_sanitize("address", "thread", "undefined"))) void StampedTouch(
+    char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
+  uint64_t prev = TscNow();
+  for (std::size_t i = 0; i < count; ++i) {
+    *static_cast<volatile char*>(base + i * stride) = 1;
+    asm volatile("" ::: "memory");
+    const uint64_t now = TscNow();
+    ticks[i] = now - prev;
+    prev = now;
+  }
+}
+
+constexpr int kMaxWarmupRounds = 10;
+constexpr double kStableWithin = 0.05;
+
+struct Measurement {
+  std::string skip;   // why the row cannot run here
+  std::string error;  // a premise or data check that failed
+  std::vector<double> samples_ns;        // the distribution reported as mean_ns, p50_ns, ...
+  double seconds = 0;                    // the time column's total (manual time)
+  double events = 0;                     // what perf counters are reported per
+  std::map<std::string, double> figures;
+  CounterTotals totals;
+  std::string label;
+};
+
+// What a first-touch row does around the stamps: the policy before the touch, the check after.
+struct TouchPlan {
+  NumaBacking backing;
+  std::size_t bytes;
+  int rounds;
+  std::function<std::string(NumaRegion&)> before_touch;
+  // Checks placement after the touch; fills counts with pages per node.
+  std::function<std::string(NumaRegion&, std::map<int, std::size_t>*)> check;
+};
+
+Measurement MeasureFirstTouch(const TouchPlan& plan) {
+  Measurement m;
+  const BackingKind& kind = KindOf(plan.backing);
+  const std::size_t count = plan.bytes / kind.page;
+  const double ns_per_tick = TscNsPerTick();
+  std::vector<uint64_t> ticks(count), sorted(count);
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  std::map<int, std::size_t> counts;
+  double harness_ns = 0;
+  struct Figures {
+    double mean = 0, median = 0;
+  };
+  auto round = [&](bool verify, bool measured, bool last) -> std::optional<Figures> {
+    NumaRegion region;
+    if (std::string error = region.Map(plan.backing, plan.bytes); !error.empty()) {
+      m.error = error;
+      return std::nullopt;
+    }
+    if (std::string error = plan.before_touch(region); !error.empty()) {
+      m.error = error;
+      return std::nullopt;
+    }
+    const std::vector<double> before = measured ? group.Read() : std::vector<double>{};
+    StampedTouch(region.base(), kind.page, count, ticks.data());
+    if (measured) m.totals.Add(before, group.Read());
+    Figures f;
+    for (uint64_t t : ticks) f.mean += static_cast<double>(t) * ns_per_tick;
+    f.mean /= static_cast<double>(count);
+    sorted = ticks;
+    std::nth_element(sorted.begin(), sorted.begin() + count / 2, sorted.end());
+    f.median = static_cast<double>(sorted[count / 2]) * ns_per_tick;
+    if (measured) {
+      for (uint64_t t : ticks) m.samples_ns.push_back(static_cast<double>(t) * ns_per_tick);
+    }
+    if (verify || last) {
+      std::string error = CheckBacking(kind, region, "after the first touch");
+      if (error.empty()) error = plan.check(region, &counts);
+      if (!error.empty()) {
+        m.error = error;
+        return std::nullopt;
+      }
+    }
+    if (last) {
+      // The same stamped loop over mapped pages: the harness without a fault.
+      StampedTouch(region.base(), kind.page, count, ticks.data());
+      std::nth_element(ticks.begin(), ticks.begin() + count / 2, ticks.end());
+      harness_ns = static_cast<double>(ticks[count / 2]) * ns_per_tick;
+    }
+    return f;
+  };
+  const std::optional<Figures> first = round(true, false, false);
+  if (!first) return m;
+  int warmup = 0;
+  bool stable = false;
+  double previous = first->median;
+  for (int r = 0; r < kMaxWarmupRounds; ++r) {
+    const std::optional<Figures> warm = round(false, false, false);
+    if (!warm) return m;
+    ++warmup;
+    if (std::abs(warm->median - previous) <= kStableWithin * previous) {
+      stable = true;
+      break;
+    }
+    previous = warm->median;
+  }
+  m.samples_ns.reserve(count * static_cast<std::size_t>(plan.rounds));
+  for (int r = 0; r < plan.rounds; ++r) {
+    if (!round(false, true, r == plan.rounds - 1)) return m;
+  }
+  double mean = 0;
+  for (double ns : m.samples_ns) mean += ns;
+  mean /= static_cast<double>(m.samples_ns.size());
+  m.seconds = mean * 1e-9 * static_cast<double>(m.samples_ns.size());
+  m.events = static_cast<double>(m.samples_ns.size());
+  m.figures["ns_per_fault"] = mean;
+  m.figures["ns_per_4k"] = mean / static_cast<double>(kind.page / kPage4K);
+  m.figures["first_round_ns"] = first->mean;
+  m.figures["warmup_rounds"] = warmup;
+  m.figures["warmup_stable"] = stable ? 1 : 0;
+  m.figures["harness_ns"] = harness_ns;
+  m.figures["harness_ratio"] = mean > 0 ? harness_ns / mean : 0;
+  m.figures["pages"] = static_cast<double>(count);
+  for (const auto& [node, n] : counts) {
+    if (node >= 0) m.figures[absl::StrCat("pages_node", node)] = static_cast<double>(n);
+  }
+  return m;
+}
+
+// --- Matrix --------------------------------------------------------------------------------
+
+enum class MatrixCase { kFirstTouch, kLatency, kBandwidth };
+const char* MatrixCaseName(MatrixCase c) {
+  switch (c) {
+    case MatrixCase::kFirstTouch: return "first_touch";
+    case MatrixCase::kLatency: return "latency";
+    case MatrixCase::kBandwidth: return "bandwidth";
+  }
+  return "?";
+}
+
+// Maps the region bound strictly to `node` and touches it through `populate`; then checks the
+// backing and that every page (every 2 MiB for huge backings) is on `node`.
+std::string MapBoundPopulated(const BackingKind& kind, std::size_t bytes, int node,
+                              NumaRegion* region, const std::function<void(char*)>& populate) {
+  if (std::string error = region->Map(kind.backing, bytes); !error.empty()) return error;
+  if (std::string error = SetRangePolicy(region->base(), bytes, NumaPolicy::kBind, {node});
+      !error.empty()) {
+    return error;
+  }
+  populate(region->base());
+  if (std::string error = CheckBacking(kind, *region, "after populating"); !error.empty()) {
+    return error;
+  }
+  return CheckAllOnNode(region->base(), bytes, kind.page, node);
+}
+
+// Writes the pointer chase into the region: a single cycle through every cache line, 4 KiB
+// blocks in a random order and the lines of each block in a random order. Returns the start.
+void* BuildChase(char* base, std::size_t bytes) {
+  constexpr std::size_t kLine = 64;
+  constexpr std::size_t kLines = kPage4K / kLine;
+  const std::size_t blocks = bytes / kPage4K;
+  std::mt19937_64 random(0x5eed);  // the same chase every run
+  std::vector<std::uint32_t> block_order(blocks);
+  std::iota(block_order.begin(), block_order.end(), 0u);
+  std::shuffle(block_order.begin(), block_order.end(), random);
+  std::array<std::uint32_t, kLines> lines;
+  std::iota(lines.begin(), lines.end(), 0u);
+  void** first = nullptr;
+  void** prev = nullptr;
+  for (std::uint32_t block : block_order) {
+    std::shuffle(lines.begin(), lines.end(), random);
+    for (std::uint32_t line : lines) {
+      auto** here = reinterpret_cast<void**>(base + block * kPage4K + line * kLine);
+      if (prev) {
+        *prev = here;
+      } else {
+        first = here;
+      }
+      prev = here;
+    }
+  }
+  *prev = first;
+  return first;
+}
+
+__attribute__((noinline)) void* Chase(void* start, std::size_t loads) {
+  void* p = start;
+  for (std::size_t i = 0; i < loads; ++i) p = *static_cast<void**>(p);
+  return p;
+}
+
+__attribute__((noinline)) std::uint64_t StreamSum(const std::uint64_t* words, std::size_t n) {
+  std::uint64_t a = 0, b = 0, c = 0, d = 0;
+  for (std::size_t i = 0; i + 4 <= n; i += 4) {
+    a += words[i];
+    b += words[i + 1];
+    c += words[i + 2];
+    d += words[i + 3];
+  }
+  return a + b + c + d;
+}
+
+Measurement MeasureLatency(const BackingKind& kind, std::size_t bytes, int mem_node, int passes,
+                           std::size_t loads_per_pass) {
+  Measurement m;
+  NumaRegion region;
+  void* start = nullptr;
+  if (m.error = MapBoundPopulated(kind, bytes, mem_node, &region,
+                                  [&](char* base) { start = BuildChase(base, bytes); });
+      !m.error.empty()) {
+    return m;
+  }
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  void* p = start;
+  // Pass 0 is warm-up (reported apart): the chase's first walk also pays the TLB and page-walk
+  // caches' cold start.
+  for (int pass = 0; pass <= passes; ++pass) {
+    const std::vector<double> before = group.Read();
+    const double t0 = MonotonicNs();
+    p = Chase(p, loads_per_pass);
+    const double t1 = MonotonicNs();
+    if (pass > 0) m.totals.Add(before, group.Read());
+    const double per_load = (t1 - t0) / static_cast<double>(loads_per_pass);
+    if (pass == 0) {
+      m.figures["first_pass_ns_per_load"] = per_load;
+    } else {
+      m.samples_ns.push_back(per_load);
+    }
+  }
+  benchmark::DoNotOptimize(p);
+  // Placement unchanged by the measurement.
+  if (m.error = CheckAllOnNode(region.base(), bytes, kind.page, mem_node); !m.error.empty()) return m;
+  std::vector<double> sorted = m.samples_ns;
+  std::sort(sorted.begin(), sorted.end());
+  double total = 0;
+  for (double ns : m.samples_ns) total += ns * static_cast<double>(loads_per_pass);
+  m.seconds = total * 1e-9;
+  m.events = static_cast<double>(loads_per_pass) * passes;
+  m.figures["ns_per_load"] = sorted[sorted.size() / 2];
+  m.figures["ns_per_load_min"] = sorted.front();
+  m.figures["loads_per_pass"] = static_cast<double>(loads_per_pass);
+  m.figures["passes"] = passes;
+  return m;
+}
+
+Measurement MeasureBandwidth(const BackingKind& kind, std::size_t bytes, int mem_node, int passes) {
+  Measurement m;
+  NumaRegion region;
+  if (m.error = MapBoundPopulated(kind, bytes, mem_node, &region,
+                                  [&](char* base) { std::memset(base, 0x5a, bytes); });
+      !m.error.empty()) {
+    return m;
+  }
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  const auto* words = reinterpret_cast<const std::uint64_t*>(region.base());
+  const std::size_t n = bytes / sizeof(std::uint64_t);
+  std::uint64_t sum = 0;
+  double total_ns = 0, best = 0;
+  for (int pass = 0; pass <= passes; ++pass) {
+    const std::vector<double> before = group.Read();
+    const double t0 = MonotonicNs();
+    sum += StreamSum(words, n);
+    const double t1 = MonotonicNs();
+    const double gbps = static_cast<double>(bytes) / (t1 - t0);  // bytes per ns = GB/s
+    if (pass == 0) {
+      m.figures["first_pass_gb_per_s"] = gbps;
+      continue;
+    }
+    m.totals.Add(before, group.Read());
+    total_ns += t1 - t0;
+    best = std::max(best, gbps);
+    m.samples_ns.push_back(t1 - t0);
+  }
+  // 0x5a in every byte: the sum says every word was read as written.
+  const std::uint64_t expect = 0x5a5a5a5a5a5a5a5aull * static_cast<std::uint64_t>(n) *
+                               static_cast<std::uint64_t>(passes + 1);
+  if (sum != expect) {
+    m.error = "data: the streaming sum does not match what was written";
+    return m;
+  }
+  if (m.error = CheckAllOnNode(region.base(), bytes, kind.page, mem_node); !m.error.empty()) return m;
+  m.seconds = total_ns * 1e-9;
+  m.events = passes;
+  m.figures["gb_per_s"] = static_cast<double>(bytes) * passes / total_ns;
+  m.figures["gb_per_s_best"] = best;
+  m.figures["passes"] = passes;
+  return m;
+}
+
+// --- Policies ------------------------------------------------------------------------------
+
+// The counters every row reports, then the label, or the skip or failure.
+void Finish(benchmark::State& state, Measurement& m, const std::string& label) {
+  if (!m.skip.empty()) {
+    Skip(state, m.skip);
+  } else if (!m.error.empty()) {
+    // A premise or data check failed: not a skip, the row failed.
+    state.SkipWithError(m.error.c_str());
+  }
+  if (!m.skip.empty() || !m.error.empty()) {
+    for (auto _ : state) {
+    }
+    return;
+  }
+  LatencySummary summary = Summarize(m.samples_ns);
+  ReportLatency(state, summary);
+  ReportPerEvent(state, m.totals, m.events);
+  for (const auto& [name, value] : m.figures) state.counters[name] = value;
+  state.SetLabel("placement=verified " + label);
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(m.seconds);
+}
+
+std::string NodesText(const std::vector<int>& nodes) {
+  std::string out;
+  for (int n : nodes) out += (out.empty() ? "" : ",") + std::to_string(n);
+  return out;
+}
+
+// --- Migration -----------------------------------------------------------------------------
+
+enum class MoveCase { kMovePages, kMbindMove, kMigratePages };
+const char* MoveCaseName(MoveCase c) {
+  switch (c) {
+    case MoveCase::kMovePages: return "move_pages";
+    case MoveCase::kMbindMove: return "mbind_move";
+    case MoveCase::kMigratePages: return "migrate_pages";
+  }
+  return "?";
+}
+
+std::uint64_t Pattern(std::size_t word) {
+  return (word * 0x9E3779B97F4A7C15ull) ^ 0xfa17ab5eedull;
+}
+
+void Fill(char* base, std::size_t bytes) {
+  auto* words = reinterpret_cast<std::uint64_t*>(base);
+  for (std::size_t i = 0; i < bytes / 8; ++i) words[i] = Pattern(i);
+}
+
+// Every word as Fill wrote it, and every page (every 2 MiB for huge backings) on `node`.
+std::string CheckMoved(const BackingKind& kind, const NumaRegion& region, int node,
+                       const char* after) {
+  const auto* words = reinterpret_cast<const std::uint64_t*>(region.base());
+  for (std::size_t i = 0; i < region.bytes() / 8; ++i) {
+    if (words[i] != Pattern(i)) {
+      return absl::StrCat("data: page ", i * 8 / kPage4K, " word ", i % (kPage4K / 8),
+                          " changed ", after);
+    }
+  }
+  if (std::string error = CheckAllOnNode(region.base(), region.bytes(), kind.page, node);
+      !error.empty()) {
+    return error + " " + after;
+  }
+  return CheckBacking(kind, region, after);
+}
+
+Measurement MeasureMove(MoveCase c, const BackingKind& kind, std::size_t bytes, std::size_t batch,
+                        int from, int to, int rounds) {
+  Measurement m;
+  NumaRegion region;
+  if (m.error = MapBoundPopulated(kind, bytes, from, &region,
+                                  [&](char* base) { Fill(base, bytes); });
+      !m.error.empty()) {
+    return m;
+  }
+  // The bind served the first touch; the moves then meet no policy of the VMA's own
+  // (mbind_move sets one each move).
+  if (m.error = SetRangePolicy(region.base(), bytes, NumaPolicy::kDefault, {}); !m.error.empty()) {
+    return m;
+  }
+  const std::size_t count = bytes / kind.page;
+  std::vector<void*> pages(count);
+  for (std::size_t i = 0; i < count; ++i) pages[i] = region.base() + i * kind.page;
+  std::vector<int> status(count);
+  batch = std::min(batch, count);
+  const double ns_per_tick = TscNsPerTick();
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  if (c == MoveCase::kMigratePages) {
+    m.figures["process_pages_on_from"] = static_cast<double>(ProcessPagesOnNode(from));
+  }
+  long not_moved = 0;
+  double measured_ns = 0, first_round_ns = 0;
+  // One direction: timed samples, one per call, as ns per page.
+  auto move = [&](int dst, int src, bool measured, double* round_ns) -> std::string {
+    const std::vector<double> before = group.Read();
+    *round_ns = 0;
+    if (c == MoveCase::kMovePages) {
+      for (std::size_t i = 0; i < count; i += batch) {
+        const std::size_t n = std::min(batch, count - i);
+        const uint64_t t0 = TscNow();
+        std::string error = MovePagesTo(pages.data() + i, n, dst, status.data() + i);
+        const uint64_t t1 = TscNow();
+        if (!error.empty()) return error;
+        const double ns = static_cast<double>(t1 - t0) * ns_per_tick;
+        *round_ns += ns;
+        if (measured) m.samples_ns.push_back(ns / static_cast<double>(n));
+      }
+    } else {
+      long left = 0;
+      const uint64_t t0 = TscNow();
+      std::string error = c == MoveCase::kMbindMove ? MbindMoveTo(region.base(), bytes, dst)
+                                                    : MigrateProcessPages(src, dst, &left);
+      const uint64_t t1 = TscNow();
+      if (!error.empty()) return error;
+      not_moved += left;
+      *round_ns = static_cast<double>(t1 - t0) * ns_per_tick;
+      if (measured) m.samples_ns.push_back(*round_ns / static_cast<double>(count));
+    }
+    if (measured) m.totals.Add(before, group.Read());
+    return {};
+  };
+  for (int r = 0; r <= rounds; ++r) {
+    const bool measured = r > 0;
+    double there_ns = 0, back_ns = 0;
+    if (m.error = move(to, from, measured, &there_ns); !m.error.empty()) return m;
+    if (m.error = CheckMoved(kind, region, to, absl::StrCat("after the move to node ", to).c_str());
+        !m.error.empty()) {
+      return m;
+    }
+    if (measured) {
+      measured_ns += there_ns;
+    } else {
+      first_round_ns = there_ns / static_cast<double>(count);
+    }
+    if (m.error = move(from, to, false, &back_ns); !m.error.empty()) return m;
+    if (m.error =
+            CheckMoved(kind, region, from, absl::StrCat("after the move back to node ", from).c_str());
+        !m.error.empty()) {
+      return m;
+    }
+  }
+  const double moved = static_cast<double>(count) * rounds;
+  m.figures["pages_per_s"] = moved / (measured_ns * 1e-9);
+  m.figures["ns_per_page"] = measured_ns / moved;
+  m.figures["mib_per_s"] = moved * static_cast<double>(kind.page) / (1 << 20) / (measured_ns * 1e-9);
+  m.figures["first_round_ns"] = first_round_ns;
+  m.figures["pages"] = static_cast<double>(count);
+  m.figures["pages_per_call"] = c == MoveCase::kMovePages ? static_cast<double>(batch)
+                                                          : static_cast<double>(count);
+  m.figures["rounds"] = rounds;
+  if (c == MoveCase::kMigratePages) m.figures["not_moved"] = static_cast<double>(not_moved);
+  m.seconds = measured_ns * 1e-9;
+  m.events = moved;
+  return m;
+}
+
+// migrate_pages moves every page of a process on `from`: measured in a forked child, so it
+// moves the child's region and the few pages the child wrote, and faultlab's own process (the
+// benchmark library, its results) is never migrated under it. The child sends its Measurement
+// back through shared memory, in fixed slots.
+struct ChildResult {
+  int done;
+  char error[512];
+  double seconds, events;
+  std::size_t samples;
+  double sample[512];
+  std::size_t figures;
+  char figure_name[32][48];
+  double figure_value[32];
+  std::size_t counters;
+  char counter_name[32][48];
+  double counter_sum[32];
+};
+
+Measurement MeasureMoveInChild(MoveCase c, const BackingKind& kind, std::size_t bytes,
+                               std::size_t batch, int from, int to, int rounds) {
+  Measurement m;
+  void* shared = mmap(nullptr, sizeof(ChildResult), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) {
+    m.error = ErrnoText("mmap of the child's results");
+    return m;
+  }
+  auto* out = new (shared) ChildResult();
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    m.error = ErrnoText("fork");
+    munmap(shared, sizeof(ChildResult));
+    return m;
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    Measurement r;
+    try {
+      r = MeasureMove(c, kind, bytes, batch, from, to, rounds);
+    } catch (const std::exception& e) {
+      r.error = std::string("the measuring child: ") + e.what();
+    }
+    std::snprintf(out->error, sizeof(out->error), "%s", r.error.c_str());
+    out->seconds = r.seconds;
+    out->events = r.events;
+    out->samples = std::min<std::size_t>(r.samples_ns.size(), 512);
+    std::copy_n(r.samples_ns.begin(), out->samples, out->sample);
+    for (const auto& [name, value] : r.figures) {
+      if (out->figures == 32) break;
+      std::snprintf(out->figure_name[out->figures], 48, "%s", name.c_str());
+      out->figure_value[out->figures++] = value;
+    }
+    for (std::size_t i = 0; i < r.totals.names.size() && i < r.totals.sums.size() && i < 32; ++i) {
+      std::snprintf(out->counter_name[i], 48, "%s", r.totals.names[i].c_str());
+      out->counter_sum[i] = r.totals.sums[i];
+      out->counters = i + 1;
+    }
+    out->done = 1;
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !out->done) {
+    m.error = WIFSIGNALED(status)
+                  ? absl::StrCat("the measuring child was killed by signal ", WTERMSIG(status))
+                  : absl::StrCat("the measuring child exited with status ", status);
+  } else {
+    m.error = out->error;
+    m.seconds = out->seconds;
+    m.events = out->events;
+    m.samples_ns.assign(out->sample, out->sample + out->samples);
+    for (std::size_t i = 0; i < out->figures; ++i) m.figures[out->figure_name[i]] = out->figure_value[i];
+    for (std::size_t i = 0; i < out->counters; ++i) {
+      m.totals.names.push_back(out->counter_name[i]);
+      m.totals.sums.push_back(out->counter_sum[i]);
+    }
+  }
+  munmap(shared, sizeof(ChildResult));
+  return m;
+}
+
+// --- Registration --------------------------------------------------------------------------
+
+struct Sizes {
+  long first_touch_mib(NumaBacking b) const {
+    if (b == NumaBacking::kThp) return quick ? 256 : 1024;
+    return quick ? 64 : 256;
+  }
+  long chase_mib() const { return quick ? 128 : 512; }  // 4x and 16x a 32 MiB LLC
+  long move_mib(NumaBacking b) const {
+    if (b == NumaBacking::kThp) return quick ? 64 : 256;
+    return quick ? 16 : 64;
+  }
+  int first_touch_rounds(NumaBacking b) const {
+    return (quick ? 4 : 8) * (b == NumaBacking::kAnon4K ? 1 : 2);
+  }
+  int move_rounds() const { return quick ? 4 : 8; }
+  int latency_passes() const { return quick ? 2 : 4; }
+  std::size_t loads_per_pass() const { return quick ? (1u << 20) : (1u << 22); }
+  int bandwidth_passes() const { return quick ? 8 : 20; }
+  int repetitions() const { return quick ? 3 : 5; }
+  bool quick;
+};
+
+// A row's run function: pins, checks, measures; the name's arguments in state.range().
+using RowFn = std::function<void(benchmark::State&)>;
+
+void Register(const std::string& name, const std::vector<int64_t>& args,
+              const std::vector<std::string>& arg_names, int64_t iterations, int repetitions,
+              RowFn fn) {
+  benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
+      ->Args(args)
+      ->ArgNames(arg_names)
+      ->Iterations(std::max<int64_t>(1, iterations))
+      ->Repetitions(repetitions)
+      ->UseManualTime()
+      ->Unit(benchmark::kNanosecond);
+}
+
+void RegisterMatrix(const RunOptions& options, const Sizes& sizes,
+                    const std::map<int, int>& cpu_nodes, const std::vector<int>& mem_nodes) {
+  for (MatrixCase mc : {MatrixCase::kFirstTouch, MatrixCase::kLatency, MatrixCase::kBandwidth}) {
+    for (const BackingKind& kind : BackingKinds()) {
+      for (const auto& [cpu_node, cpu] : cpu_nodes) {
+        for (int mem_node : mem_nodes) {
+          if (options.node && *options.node != mem_node) continue;
+          const std::string name =
+              absl::StrCat("numa/", MatrixCaseName(mc), "/", kind.name);
+          const NumaBacking backing = kind.backing;
+          const int pin_cpu = cpu;
+          const int cn = cpu_node;
+          if (mc == MatrixCase::kFirstTouch) {
+            const long mib = sizes.first_touch_mib(backing);
+            const int rounds = sizes.first_touch_rounds(backing);
+            const int64_t faults = mib * (1l << 20) / static_cast<long>(kind.page) * rounds;
+            Register(name, {cpu_node, mem_node, mib, rounds},
+                     {"cpu_node", "mem_node", "region_mib", "rounds"}, faults,
+                     sizes.repetitions(), [=](benchmark::State& st) {
+                       const BackingKind& k = KindOf(backing);
+                       const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+                       Measurement m;
+                       m.skip = WhyNoHugePagesOn(k, bytes, mem_node);
+                       if (m.skip.empty()) m.error = PinTo(pin_cpu, cn);
+                       if (m.skip.empty() && m.error.empty()) {
+                         TouchPlan plan{backing, bytes, rounds,
+                                        [&](NumaRegion& r) {
+                                          return SetRangePolicy(r.base(), bytes, NumaPolicy::kBind,
+                                                                {mem_node});
+                                        },
+                                        [&](NumaRegion& r, std::map<int, std::size_t>* counts) {
+                                          return CheckAllOnNode(r.base(), bytes, k.page, mem_node,
+                                                                counts);
+                                        }};
+                         m = MeasureFirstTouch(plan);
+                       }
+                       Finish(st, m,
+                              absl::StrCat("cpu=", pin_cpu, " node=", mem_node, " cpu_node=", cn,
+                                           " backing=", k.name));
+                     });
+          } else if (mc == MatrixCase::kLatency) {
+            const long mib = sizes.chase_mib();
+            const int passes = sizes.latency_passes();
+            const std::size_t loads = sizes.loads_per_pass();
+            Register(name, {cpu_node, mem_node, mib}, {"cpu_node", "mem_node", "region_mib"},
+                     static_cast<int64_t>(loads) * passes, sizes.repetitions(),
+                     [=](benchmark::State& st) {
+                       const BackingKind& k = KindOf(backing);
+                       const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+                       Measurement m;
+                       m.skip = WhyNoHugePagesOn(k, bytes, mem_node);
+                       if (m.skip.empty()) m.error = PinTo(pin_cpu, cn);
+                       if (m.skip.empty() && m.error.empty()) {
+                         // The time column: ns per load (iterations are the loads).
+                         m = MeasureLatency(k, bytes, mem_node, passes, loads);
+                       }
+                       Finish(st, m,
+                              absl::StrCat("cpu=", pin_cpu, " node=", mem_node, " cpu_node=", cn,
+                                           " backing=", k.name));
+                     });
+          } else {
+            const long mib = sizes.chase_mib();
+            const int passes = sizes.bandwidth_passes();
+            Register(name, {cpu_node, mem_node, mib}, {"cpu_node", "mem_node", "region_mib"},
+                     passes, sizes.repetitions(), [=](benchmark::State& st) {
+                       const BackingKind& k = KindOf(backing);
+                       const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+                       Measurement m;
+                       m.skip = WhyNoHugePagesOn(k, bytes, mem_node);
+                       if (m.skip.empty()) m.error = PinTo(pin_cpu, cn);
+                       if (m.skip.empty() && m.error.empty()) {
+                         m = MeasureBandwidth(k, bytes, mem_node, passes);
+                       }
+                       // The time column: one pass over the region.
+                       Finish(st, m,
+                              absl::StrCat("cpu=", pin_cpu, " node=", mem_node, " cpu_node=", cn,
+                                           " backing=", k.name));
+                     });
+          }
+        }
+      }
+    }
+  }
+}
+
+void RegisterPolicies(const RunOptions& options, const Sizes& sizes,
+                      const std::map<int, int>& cpu_nodes, const std::vector<int>& mem_nodes) {
+  const long mib = sizes.first_touch_mib(NumaBacking::kAnon4K);
+  const int rounds = sizes.first_touch_rounds(NumaBacking::kAnon4K);
+  const int64_t faults = mib * (1l << 20) / static_cast<long>(kPage4K) * rounds;
+  const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+
+  // One row: `target` (-1: none) for bind and preferred, `nodes` for the interleaves.
+  auto add = [&](NumaPolicy policy, int cpu_node, int cpu, int target,
+                 const std::vector<int>& nodes, const std::string& skip) {
+    const std::string name = absl::StrCat("numa/policy/", PolicyName(policy), "/anon4k");
+    std::vector<int64_t> args = {cpu_node};
+    std::vector<std::string> arg_names = {"cpu_node"};
+    if (target >= 0) {
+      args.push_back(target);
+      arg_names.push_back("target");
+    }
+    if (!nodes.empty()) {
+      args.push_back(static_cast<int64_t>(nodes.size()));
+      arg_names.push_back("nodes");
+    }
+    args.insert(args.end(), {mib, rounds});
+    arg_names.insert(arg_names.end(), {"region_mib", "rounds"});
+    Register(name, args, arg_names, faults, sizes.repetitions(), [=](benchmark::State& st) {
+      Measurement m;
+      m.skip = skip;
+      if (m.skip.empty()) m.skip = WhyPolicyUnavailable(policy).value_or("");
+      if (m.skip.empty()) m.error = PinTo(cpu, cpu_node);
+      const bool interleave =
+          policy == NumaPolicy::kInterleave || policy == NumaPolicy::kWeightedInterleave;
+      const std::vector<int> weights = policy == NumaPolicy::kWeightedInterleave
+                                           ? InterleaveWeights(nodes)
+                                           : std::vector<int>(nodes.size(), 1);
+      const std::vector<int> set_nodes = target >= 0 ? std::vector<int>{target} : nodes;
+      if (m.skip.empty() && m.error.empty()) {
+        TouchPlan plan{NumaBacking::kAnon4K, bytes, rounds,
+                       [&](NumaRegion& r) {
+                         return SetRangePolicy(r.base(), bytes, policy, set_nodes);
+                       },
+                       [&](NumaRegion& r, std::map<int, std::size_t>* counts) -> std::string {
+                         const int want = policy == NumaPolicy::kLocal ? cpu_node : target;
+                         std::string error = CheckAllOnNode(r.base(), bytes, kPage4K,
+                                                            interleave ? -1 : want, counts);
+                         if (!interleave || error.rfind("premise: cannot", 0) == 0) return error;
+                         return CheckInterleaved(*counts, bytes / kPage4K, nodes, weights);
+                       }};
+        m = MeasureFirstTouch(plan);
+      }
+      std::string label = absl::StrCat("cpu=", cpu, " policy=", PolicyName(policy));
+      if (policy == NumaPolicy::kLocal) absl::StrAppend(&label, " node=", cpu_node);
+      if (target >= 0) absl::StrAppend(&label, " node=", target);
+      if (interleave) {
+        absl::StrAppend(&label, " nodes=", NodesText(nodes));
+        if (policy == NumaPolicy::kWeightedInterleave) {
+          absl::StrAppend(&label, " weights=", NodesText(weights));
+        }
+        if (nodes.size() == 1) absl::StrAppend(&label, " interleave_over_one_node");
+      }
+      Finish(st, m, label);
+    });
+  };
+
+  const bool multi = mem_nodes.size() > 1;
+  const int missing = FirstNodeWithoutMemory();
+  for (const auto& [cpu_node, cpu] : cpu_nodes) {
+    add(NumaPolicy::kLocal, cpu_node, cpu, -1, {}, "");
+    for (int target : mem_nodes) {
+      if (options.node && *options.node != target) continue;
+      add(NumaPolicy::kBind, cpu_node, cpu, target, {}, "");
+    }
+    // Preferring the local node is the default policy; preferred is measured toward the others.
+    bool preferred = false;
+    for (int target : mem_nodes) {
+      if (target == cpu_node || (options.node && *options.node != target)) continue;
+      add(NumaPolicy::kPreferred, cpu_node, cpu, target, {}, "");
+      preferred = true;
+    }
+    if (!preferred && !multi) {
+      add(NumaPolicy::kPreferred, cpu_node, cpu, missing, {},
+          WhyUnavailable(Feature::kNumaMulti).value_or(WhyNotTwoMemoryNodes()));
+    }
+    add(NumaPolicy::kInterleave, cpu_node, cpu, -1, mem_nodes, "");
+    add(NumaPolicy::kWeightedInterleave, cpu_node, cpu, -1, mem_nodes, "");
+  }
+}
+
+void RegisterMigration(const RunOptions& options, const Sizes& sizes,
+                       const std::vector<int>& mem_nodes) {
+  std::vector<std::pair<int, int>> pairs;
+  std::string skip;
+  if (mem_nodes.size() > 1) {
+    for (int from : mem_nodes) {
+      for (int to : mem_nodes) {
+        if (from == to) continue;
+        if (options.node && *options.node != from && *options.node != to) continue;
+        pairs.push_back({from, to});
+      }
+    }
+  } else {
+    pairs.push_back({mem_nodes.front(), FirstNodeWithoutMemory()});
+    skip = WhyUnavailable(Feature::kNumaMulti).value_or(WhyNotTwoMemoryNodes());
+  }
+  const int rounds = sizes.move_rounds();
+  for (MoveCase c : {MoveCase::kMovePages, MoveCase::kMbindMove, MoveCase::kMigratePages}) {
+    for (const BackingKind& kind : BackingKinds()) {
+      if (c == MoveCase::kMigratePages && kind.backing != NumaBacking::kAnon4K) continue;
+      const std::vector<long> batches =
+          c == MoveCase::kMovePages ? std::vector<long>{1, 16, 512} : std::vector<long>{0};
+      for (long batch : batches) {
+        for (const auto& [from, to] : pairs) {
+          const long mib = sizes.move_mib(kind.backing);
+          const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+          const int64_t pages = static_cast<int64_t>(bytes / kind.page) * rounds;
+          std::vector<int64_t> args;
+          std::vector<std::string> names;
+          if (batch > 0) {
+            args.push_back(batch);
+            names.push_back("batch");
+          }
+          args.insert(args.end(), {from, to, mib, rounds});
+          names.insert(names.end(), {"from", "to", "region_mib", "rounds"});
+          const NumaBacking backing = kind.backing;
+          const int f = from, t = to;
+          Register(absl::StrCat("numa/", MoveCaseName(c), "/", kind.name), args, names, pages,
+                   sizes.repetitions(), [=](benchmark::State& st) {
+                     const BackingKind& k = KindOf(backing);
+                     Measurement m;
+                     m.skip = skip;
+                     if (m.skip.empty()) m.skip = WhyNoHugePagesOn(k, bytes, f);
+                     if (m.skip.empty()) m.skip = WhyNoHugePagesOn(k, bytes, t);
+                     if (m.skip.empty()) {
+                       const std::size_t b = static_cast<std::size_t>(std::max(1l, batch));
+                       m = c == MoveCase::kMigratePages
+                               ? MeasureMoveInChild(c, k, bytes, b, f, t, rounds)
+                               : MeasureMove(c, k, bytes, b, f, t, rounds);
+                     }
+                     std::string label = absl::StrCat("from=", f, " to=", t, " backing=", k.name,
+                                                      " data=verified");
+                     if (c == MoveCase::kMigratePages) {
+                       absl::StrAppend(&label, " moves=whole_child_process");
+                     }
+                     Finish(st, m, label);
+                   });
+        }
+      }
+    }
+  }
+}
+
+void RegisterNumaSuite(const RunOptions& options) {
+  const Sizes sizes{options.quick};
+  const std::map<int, int> cpu_nodes = CpuNodes(options);
+  const std::vector<int> mem_nodes = MemoryNodes();
+  RegisterMatrix(options, sizes, cpu_nodes, mem_nodes);
+  RegisterPolicies(options, sizes, cpu_nodes, mem_nodes);
+  RegisterMigration(options, sizes, mem_nodes);
+}
+
+std::vector<SuiteVariant> NumaVariants() {
+  const Sizes quick{true};
+  const long matrix_pages = quick.chase_mib() / 2;  // latency and bandwidth, per memory node
+  return {
+      {"anon4k", {}},
+      {"thp", {Feature::kThp}},
+      {"hugetlb2m (per memory node)", {Feature::kHugetlb2M}, kPage2M, matrix_pages},
+      {"remote cells, preferred, migration", {Feature::kNumaMulti}},
+      {"hugetlb2m migration", {Feature::kNumaMulti, Feature::kHugetlb2M}, kPage2M,
+       2 * quick.move_mib(NumaBacking::kHugetlb2M) / 2},
+  };
+}
+
+FAULTLAB_SUITE(Suite{"numa",
+                     "NUMA placement: first touch, load latency and read bandwidth per CPU node and "
+                     "memory node; memory policies; move_pages, mbind and migrate_pages",
+                     NumaVariants(), RegisterNumaSuite});
+
+}  // namespace
+}  // namespace faultlab

@@ -1,0 +1,258 @@
+// The numa suite end to end, as a user runs it: `faultlab run --quick --suite numa`. Every row
+// either ran with its placement verified and plausible positive figures, or is a skip row whose
+// reason names what is missing (a second node with memory, free hugetlb pages, a policy the
+// kernel lacks). A failed premise (a row whose message is not "skipped: ...") fails the test.
+// The rows expected follow from the machine's node counts.
+//
+// These tests check behaviour, never time.
+
+#include <sched.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/numa_probe.h"
+#include "tests/cli_support.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using nlohmann::json;
+using namespace faultlab::cli_test;
+
+struct RunOutcome {
+  int exit_code = -1;
+  std::string err;
+  json results;
+};
+
+RunOutcome RunQuick(const std::vector<std::string>& args) {
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "out";
+  std::vector<std::string> all = {"run", "--quick", "--suite", "numa", "--out", out.string()};
+  all.insert(all.end(), args.begin(), args.end());
+  const Outcome run = Faultlab(all, scratch);
+  RunOutcome outcome;
+  outcome.exit_code = run.exit_code;
+  outcome.err = run.err;
+  std::ifstream in(out / "results.json");
+  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return outcome;
+}
+
+std::vector<json> IterationRows(const json& results) {
+  std::vector<json> rows;
+  if (results.is_discarded()) return rows;
+  for (const json& run : results["benchmarks"]) {
+    if (run["run_type"] == "iteration") rows.push_back(run);
+  }
+  return rows;
+}
+
+std::vector<std::string> Split(const std::string& name) {
+  std::vector<std::string> parts;
+  std::stringstream in(name);
+  for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
+  return parts;
+}
+
+long NamedArg(const std::string& name, const std::string& key) {
+  const std::size_t at = name.find("/" + key + ":");
+  return at == std::string::npos ? -1 : std::stol(name.substr(at + key.size() + 2));
+}
+
+double Counter(const json& row, const std::string& name) {
+  EXPECT_TRUE(row.contains(name)) << row["name"] << " has no counter " << name;
+  return row.value(name, -1.0);
+}
+
+// The nodes of the CPUs the run uses (no --cpu: every allowed CPU).
+std::set<int> CpuNodesOfThisProcess() {
+  std::set<int> nodes;
+  for (int node : faultlab::NodesWithCpus()) {
+    if (!faultlab::AllowedCpusOfNode(node).empty()) nodes.insert(node);
+  }
+  return nodes;
+}
+
+// The reason a skip row must name, by what it is.
+void ExpectSkipNamesWhatIsMissing(const json& row, std::size_t memory_nodes) {
+  const std::string name = row["name"];
+  const std::string message = row.value("error_message", "");
+  SCOPED_TRACE(name + ": " + message);
+  ASSERT_EQ(message.rfind("skipped: ", 0), 0u) << "a failed row, not a skip";
+  const std::vector<std::string> parts = Split(name);
+  const bool two_nodes = parts[1] == "move_pages" || parts[1] == "mbind_move" ||
+                         parts[1] == "migrate_pages" || parts[2] == "preferred";
+  if (two_nodes && memory_nodes < 2) {
+    EXPECT_NE(message.find("needs a second NUMA node with memory; this machine has 1"),
+              std::string::npos);
+    return;
+  }
+  if (parts[2] == "weighted_interleave") {
+    EXPECT_NE(message.find("MPOL_WEIGHTED_INTERLEAVE"), std::string::npos);
+    return;
+  }
+  if (name.find("/hugetlb2m/") != std::string::npos) {
+    EXPECT_NE(message.find("hugetlb"), std::string::npos);
+    return;
+  }
+  if (name.find("/thp/") != std::string::npos) {
+    EXPECT_NE(message.find("THP"), std::string::npos);
+    return;
+  }
+  ADD_FAILURE() << "a row that should run here was skipped";
+}
+
+void ExpectRanVerified(const json& row, std::size_t memory_nodes) {
+  const std::string name = row["name"];
+  SCOPED_TRACE(name);
+  const std::vector<std::string> parts = Split(name);
+  const std::string label = row.value("label", "");
+  ASSERT_EQ(label.rfind("placement=verified ", 0), 0u) << label;
+  const std::string& what = parts[1];
+  if (what == "first_touch" || what == "latency" || what == "bandwidth") {
+    const long mem = NamedArg(name, "mem_node");
+    ASSERT_GE(mem, 0);
+    EXPECT_NE(label.find(" node=" + std::to_string(mem) + " "), std::string::npos) << label;
+    EXPECT_NE(label.find(" backing=" + parts[2]), std::string::npos) << label;
+    if (what == "first_touch") {
+      const double per_fault = Counter(row, "ns_per_fault");
+      EXPECT_GT(per_fault, 50);
+      EXPECT_LT(per_fault, 10e6);
+      EXPECT_GT(Counter(row, "first_round_ns"), 0);
+      const double pages = Counter(row, "pages");
+      EXPECT_EQ(pages, NamedArg(name, "region_mib") * 1048576.0 /
+                           (parts[2] == "anon4k" ? 4096 : 2097152));
+      EXPECT_EQ(Counter(row, "pages_node" + std::to_string(mem)), pages);
+      EXPECT_NEAR(row["real_time"].get<double>(), per_fault, per_fault * 0.01);
+    } else if (what == "latency") {
+      const double ns = Counter(row, "ns_per_load");
+      EXPECT_GT(ns, 1);
+      EXPECT_LT(ns, 10000);
+      EXPECT_LE(Counter(row, "ns_per_load_min"), ns);
+    } else {
+      const double gbps = Counter(row, "gb_per_s");
+      EXPECT_GT(gbps, 0.1);
+      EXPECT_LT(gbps, 2000);
+      EXPECT_GE(Counter(row, "gb_per_s_best"), gbps);
+    }
+    return;
+  }
+  if (what == "policy") {
+    const std::string& policy = parts[2];
+    EXPECT_NE(label.find(" policy=" + policy), std::string::npos) << label;
+    const double pages = Counter(row, "pages");
+    EXPECT_GT(Counter(row, "ns_per_fault"), 50);
+    double counted = 0;
+    for (auto it = row.begin(); it != row.end(); ++it) {
+      if (it.key().rfind("pages_node", 0) == 0) counted += it.value().get<double>();
+    }
+    EXPECT_EQ(counted, pages);
+    if (policy == "local") {
+      const long cpu_node = NamedArg(name, "cpu_node");
+      EXPECT_EQ(Counter(row, "pages_node" + std::to_string(cpu_node)), pages);
+    } else if (policy == "bind" || policy == "preferred") {
+      EXPECT_EQ(Counter(row, "pages_node" + std::to_string(NamedArg(name, "target"))), pages);
+    } else {
+      EXPECT_EQ(NamedArg(name, "nodes"), static_cast<long>(memory_nodes));
+      if (memory_nodes == 1) {
+        EXPECT_NE(label.find("interleave_over_one_node"), std::string::npos) << label;
+      }
+    }
+    return;
+  }
+  // Migration rows.
+  EXPECT_NE(label.find(" data=verified"), std::string::npos) << label;
+  EXPECT_GT(Counter(row, "pages_per_s"), 0);
+  EXPECT_GT(Counter(row, "ns_per_page"), 0);
+}
+
+TEST(CliNuma, QuickRunVerifiesEveryRowOrSkipsItWithTheReason) {
+  const RunOutcome outcome = RunQuick({});
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
+  const std::size_t memory_nodes = faultlab::NodesWithMemory().size();
+  const std::set<int> cpu_nodes = CpuNodesOfThisProcess();
+  ASSERT_GE(memory_nodes, 1u);
+  ASSERT_GE(cpu_nodes.size(), 1u);
+  const std::size_t m = memory_nodes, c = cpu_nodes.size();
+
+  std::map<std::string, std::size_t> per_case;
+  std::size_t ran = 0;
+  const std::vector<json> rows = IterationRows(outcome.results);
+  for (const json& row : rows) {
+    const std::string name = row["name"];
+    const std::vector<std::string> parts = Split(name);
+    ASSERT_GE(parts.size(), 4u) << name;
+    ASSERT_EQ(parts[0], "numa") << name;
+    per_case[parts[1] == "policy" ? "policy/" + parts[2] : parts[1]]++;
+    if (row.value("error_occurred", false)) {
+      ExpectSkipNamesWhatIsMissing(row, m);
+    } else {
+      ExpectRanVerified(row, m);
+      ++ran;
+    }
+  }
+  // Three repetitions of each row.
+  const std::size_t pairs = m > 1 ? m * (m - 1) : 1;
+  std::size_t preferred = 0;
+  if (m > 1) {
+    for (int node : cpu_nodes) {
+      const std::vector<int> memory = faultlab::NodesWithMemory();
+      preferred += m - (std::find(memory.begin(), memory.end(), node) != memory.end() ? 1 : 0);
+    }
+  } else {
+    preferred = c;
+  }
+  EXPECT_EQ(per_case["first_touch"], 3 * 3 * c * m);
+  EXPECT_EQ(per_case["latency"], 3 * 3 * c * m);
+  EXPECT_EQ(per_case["bandwidth"], 3 * 3 * c * m);
+  EXPECT_EQ(per_case["policy/local"], 3 * c);
+  EXPECT_EQ(per_case["policy/bind"], 3 * c * m);
+  EXPECT_EQ(per_case["policy/preferred"], 3 * preferred);
+  EXPECT_EQ(per_case["policy/interleave"], 3 * c);
+  EXPECT_EQ(per_case["policy/weighted_interleave"], 3 * c);
+  EXPECT_EQ(per_case["move_pages"], 3 * 3 * 3 * pairs);
+  EXPECT_EQ(per_case["mbind_move"], 3 * 3 * pairs);
+  EXPECT_EQ(per_case["migrate_pages"], 3 * pairs);
+  // At least the 4 KiB matrix cells and local and bind policies run anywhere.
+  EXPECT_GE(ran, 3 * (3 * c * m + c + c * m));
+}
+
+// The hugetlb2m rows run when the pool has pages: reserved for the run, restored after.
+TEST(CliNuma, HugetlbRowsRunWithReservedPages) {
+  const std::vector<int> memory = faultlab::NodesWithMemory();
+  if (memory.size() > 1) GTEST_SKIP() << "reserves the global pool: one node with memory only";
+  const std::string pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+  const long before = ReadLong(pool);
+  if (before < 0) GTEST_SKIP() << "no 2 MiB hugetlb pool";
+  const RunOutcome outcome =
+      RunQuick({"--filter", "numa/(first_touch|latency|bandwidth)/hugetlb2m/",
+                "--reserve-hugepages", "2M:64"});
+  // Pools are machine-wide: another faultlab holding the restore journal keeps this one out.
+  if (outcome.exit_code == 1 && outcome.err.find("running faultlab") != std::string::npos) {
+    GTEST_SKIP() << "another faultlab is changing settings: " << outcome.err;
+  }
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  EXPECT_EQ(ReadLong(pool), before) << "the pool was not restored";
+  const std::vector<json> rows = IterationRows(outcome.results);
+  EXPECT_EQ(rows.size(), 3u * 3 * CpuNodesOfThisProcess().size());
+  for (const json& row : rows) {
+    ASSERT_FALSE(row.value("error_occurred", false))
+        << row["name"] << ": " << row.value("error_message", "");
+    ExpectRanVerified(row, memory.size());
+  }
+}
+
+}  // namespace
