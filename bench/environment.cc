@@ -468,6 +468,18 @@ json CaptureNuma() {
   numa["has_memory"] = with_memory;
   numa["nodes_with_memory"] =
       with_memory.is_string() ? json(CountList(with_memory.get<std::string>())) : json(nullptr);
+  // The SLIT distances, node -> its row ("10 20 30"): on more than one node they say which
+  // memory is far (a CXL-like memory-only node), which placement results depend on.
+  json distances = json::object();
+  for (const std::string& name : ListDir("/sys/devices/system/node")) {
+    if (!absl::StartsWith(name, "node") || name.size() == 4 ||
+        !std::all_of(name.begin() + 4, name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      continue;
+    }
+    json row = TextOrNull("/sys/devices/system/node/" + name + "/distance");
+    if (row.is_string()) distances[name.substr(4)] = row;
+  }
+  numa["distances"] = distances;
   return numa;
 }
 
@@ -677,6 +689,26 @@ json CaptureHypervisor(const json& cpu) {
     hypervisor["vendor_source"] = nullptr;
   }
   return hypervisor;
+}
+
+// Software emulation (QEMU TCG) runs every instruction through a translator: the kernel behaves
+// as on hardware (placement, counts, skips), but its timings are not performance figures. Whoever
+// starts faultlab in an emulator declares it in FAULTLAB_EMULATED (scripts/numa-vm's guest init
+// does, from the kernel command line). Without it, QEMU's "TCGTCGTCGTCG" CPUID signature (QEMU
+// 7.2 answers leaf 0x40000000 with it) counts too; other emulators, or a CPU model hiding the
+// hypervisor leaf, would go unnoticed.
+json CaptureEmulation(const json& hypervisor) {
+  if (const char* declared = std::getenv("FAULTLAB_EMULATED");
+      declared != nullptr && *declared != '\0') {
+    // Bounded and printable: it is copied into every warning and results.json.
+    return json{{"emulated", true},
+                {"emulator", Printable(std::string(declared).substr(0, 64))},
+                {"source", "FAULTLAB_EMULATED"}};
+  }
+  if (hypervisor.is_object() && hypervisor.value("vendor", json(nullptr)) == "QEMU TCG") {
+    return json{{"emulated", true}, {"emulator", "qemu-tcg"}, {"source", "cpuid 0x40000000"}};
+  }
+  return json{{"emulated", false}, {"emulator", nullptr}, {"source", nullptr}};
 }
 
 // kdamond threads run under any DAMON frontend (sysfs, damon_reclaim, damon_lru_sort), so the
@@ -1041,6 +1073,7 @@ nlohmann::json CaptureEnvironment() {
   std::map<std::string, std::string> cpuinfo = FirstCpuinfo();
   env["cpu"] = Guarded([&] { return CaptureCpu(cpuinfo); });
   env["hypervisor"] = Guarded([&] { return CaptureHypervisor(env["cpu"]); });
+  env["emulation"] = Guarded([&] { return CaptureEmulation(env["hypervisor"]); });
   env["damon"] = Guarded([] { return CaptureDamon(); });
   std::map<std::string, long long> meminfo = ReadMeminfo();
   env["swap"] = Guarded([&] { return CaptureSwap(meminfo); });
@@ -1062,6 +1095,14 @@ nlohmann::json CaptureEnvironment() {
 
 std::vector<std::string> DistortionWarnings(const nlohmann::json& env) {
   std::vector<std::string> warnings;
+  // First and in capitals: every other figure of the run is read in its light.
+  if (TrueAt(env, "emulation/emulated")) {
+    warnings.push_back(absl::StrCat(
+        "SOFTWARE EMULATION (", StringAt(env, "emulation/emulator", "unknown emulator"), ", from ",
+        StringAt(env, "emulation/source", "?"),
+        "): every instruction is emulated; timings are NOT performance figures, only what the "
+        "kernel did (placement, counts, skips) is"));
+  }
   if (TrueAt(env, "hypervisor/present")) {
     warnings.push_back(
         absl::StrCat("running in a VM (", StringAt(env, "hypervisor/vendor", "unknown hypervisor"),
@@ -1212,6 +1253,11 @@ std::vector<std::pair<std::string, std::string>> TableRows(const json& env) {
           ? absl::StrCat("yes, ", ValueText(Find(env, "hypervisor/vendor")), " (from ",
                          ValueText(Find(env, "hypervisor/vendor_source")), ")")
           : "none detected");
+  add("emulation",
+      TrueAt(env, "emulation/emulated")
+          ? absl::StrCat("yes, ", ValueText(Find(env, "emulation/emulator")), " (from ",
+                         ValueText(Find(env, "emulation/source")), "): timings are not figures")
+          : "no");
   add("memory.total", KbText(Find(env, "memory/total_kb")));
   add("memory.available", KbText(Find(env, "memory/available_kb")));
   add("swap.total", KbText(Find(env, "swap/total_kb")));
@@ -1254,6 +1300,14 @@ std::vector<std::pair<std::string, std::string>> TableRows(const json& env) {
   }
   add_at("numa_balancing");
   add_at("numa/has_memory");
+  if (const json* distances = Find(env, "numa/distances");
+      distances != nullptr && distances->is_object() && distances->size() > 1) {
+    std::vector<std::string> lines;
+    for (const auto& [node, row] : distances->items()) {
+      lines.push_back(absl::StrCat(node, ": ", ValueText(&row)));
+    }
+    add("numa.distances", absl::StrJoin(lines, "; "));
+  }
   add_at("vm/overcommit_memory");
   add_at("vm/max_map_count");
   add_at("vm/zone_reclaim_mode");

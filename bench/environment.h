@@ -20,11 +20,12 @@ inline constexpr int kSchemaVersion = 1;
 // as "unavailable: <reason>"). Top-level keys: schema_version, timestamp, hostname, kernel,
 // kernel_config (CONFIG_* -> "y"/"n"/value, null when absent), thp (with mthp per size), hugetlb
 // (per size "2048kB", with per-node pools), numa_balancing, numa, vm, perf_event_paranoid,
-// kptr_restrict, userfaultfd, cpu, hypervisor, damon, swap, memory, cgroup, clocksource, build,
+// kptr_restrict, userfaultfd, cpu, hypervisor, emulation (FAULTLAB_EMULATED, or QEMU TCG's CPUID
+// signature), damon, swap, memory, cgroup, clocksource, build,
 // google_benchmark. Takes a few tens of milliseconds (it runs zcat and git once).
 nlohmann::json CaptureEnvironment();
 
-// Conditions that distort results, one line each: running in a VM, THP=always (4 KiB cases get
+// Conditions that distort results, one line each: software emulation (first), running in a VM, THP=always (4 KiB cases get
 // huge pages), DAMON active, a debug build of Google Benchmark or of faultlab, a sanitizer build,
 // kernel debug options, init_on_alloc, numa_balancing. Works on any JSON (missing or mistyped
 // fields count as "not distorting"), so records from other versions can be re-checked.

@@ -704,6 +704,9 @@ int Env(bool json) {
     environment["topology"] = std::string("unavailable: ") + e.what();
   }
   if (json) {
+    // As a run's context has them beside the environment: a reader of the JSON alone (a guest's
+    // `env --json` from `faultlab vm`) sees the same warnings the table prints.
+    environment["warnings"] = DistortionWarnings(environment);
     std::cout << environment.dump(2) << "\n";
   } else {
     PrintEnvironmentTable(environment, std::cout);

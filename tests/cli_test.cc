@@ -383,6 +383,8 @@ TEST(Cli, EnvPrintsTheTableAndJson) {
   const nlohmann::json env = nlohmann::json::parse(json.out, nullptr, false);
   ASSERT_FALSE(env.is_discarded());
   EXPECT_EQ(env["schema_version"], 1);
+  EXPECT_TRUE(env["warnings"].is_array()) << env["warnings"];
+  EXPECT_TRUE(env["emulation"].is_object()) << env["emulation"];
 }
 
 TEST(Cli, RestoreFailsAndKeepsADamagedJournal) {

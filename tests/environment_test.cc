@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -79,6 +80,7 @@ TEST_F(CapturedEnvironment, HasSchemaVersionAndEveryTopLevelKey) {
                           "userfaultfd",
                           "cpu",
                           "hypervisor",
+                          "emulation",
                           "damon",
                           "swap",
                           "memory",
@@ -201,6 +203,44 @@ TEST(DistortionWarnings, FlagsAHypervisor) {
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("VM (KVM)"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[0].find("first touch"), std::string::npos) << warnings[0];
+}
+
+TEST(DistortionWarnings, FlagsSoftwareEmulationFirst) {
+  json env = CleanEnvironment();
+  env["hypervisor"] = {{"present", true}, {"vendor", nullptr}};
+  env["emulation"] = {{"emulated", true}, {"emulator", "qemu-tcg"}, {"source", "FAULTLAB_EMULATED"}};
+  std::vector<std::string> warnings = DistortionWarnings(env);
+  ASSERT_EQ(warnings.size(), 2u) << ::testing::PrintToString(warnings);
+  EXPECT_NE(warnings[0].find("SOFTWARE EMULATION (qemu-tcg, from FAULTLAB_EMULATED)"),
+            std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("NOT performance figures"), std::string::npos) << warnings[0];
+  env["emulation"]["emulated"] = false;
+  EXPECT_EQ(DistortionWarnings(env).size(), 1u);
+}
+
+// The variable scripts/numa-vm's guest exports reaches the record and the warnings; without it
+// the record says not emulated (unless QEMU TCG's CPUID signature says otherwise).
+TEST(CaptureEnvironment, RecordsFaultlabEmulated) {
+  const char* before = std::getenv("FAULTLAB_EMULATED");
+  const std::string saved = before ? before : "";
+  ASSERT_EQ(setenv("FAULTLAB_EMULATED", "qemu-tcg-test", 1), 0);
+  json env = CaptureEnvironment();
+  if (before) {
+    setenv("FAULTLAB_EMULATED", saved.c_str(), 1);
+  } else {
+    unsetenv("FAULTLAB_EMULATED");
+  }
+  EXPECT_EQ(env["emulation"]["emulated"], true);
+  EXPECT_EQ(env["emulation"]["emulator"], "qemu-tcg-test");
+  EXPECT_EQ(env["emulation"]["source"], "FAULTLAB_EMULATED");
+  std::vector<std::string> warnings = DistortionWarnings(env);
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_NE(warnings[0].find("SOFTWARE EMULATION (qemu-tcg-test"), std::string::npos)
+      << warnings[0];
+  std::ostringstream table;
+  PrintEnvironmentTable(env, table);
+  EXPECT_NE(table.str().find("yes, qemu-tcg-test (from FAULTLAB_EMULATED)"), std::string::npos);
 }
 
 TEST(DistortionWarnings, FlagsThpAlways) {
