@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/memfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -295,6 +297,19 @@ std::string Userfaultfd::Open(uint64_t features) {
   return {};
 }
 
+std::string Userfaultfd::SetBlocking(bool blocking) {
+  const int flags = fcntl(fd_, F_GETFL);
+  if (flags < 0) return Failed("fcntl(F_GETFL)");
+  const int wanted = blocking ? flags & ~O_NONBLOCK : flags | O_NONBLOCK;
+  if (wanted != flags && fcntl(fd_, F_SETFL, wanted) != 0) return Failed("fcntl(F_SETFL)");
+  return {};
+}
+
+bool Userfaultfd::blocking() const {
+  const int flags = fcntl(fd_, F_GETFL);
+  return flags >= 0 && !(flags & O_NONBLOCK);
+}
+
 std::string Userfaultfd::Register(void* addr, std::size_t len, uint64_t modes, uint64_t* ioctls) {
   uffdio_register reg{};
   reg.range.start = Address(addr);
@@ -387,8 +402,10 @@ struct FaultHandler::State {
   // fixed buffer: in sigbus mode it is written inside the signal handler, which must not allocate.
   char error[256] = {};
   // Thread modes.
+  HandlerLoop loop = HandlerLoop::kPoll;
   std::thread thread;
-  int stop_fd = -1;
+  int stop_fd = -1;                // kPoll: written by Stop()
+  std::atomic<bool> stop{false};   // kBlockingRead: set by Stop(), checked before each read()
   // Sigbus mode: the action this handler replaced.
   struct sigaction previous {};
 
@@ -423,8 +440,32 @@ struct FaultHandler::State {
     failed.store(true, std::memory_order_release);
   }
 
-  // The thread modes' loop: poll the descriptor and the stop eventfd, read one message at a time.
-  void Run() {
+  // What both thread loops do with the answer of one read() of the descriptor: false when the
+  // loop must end (the handler failed). Nothing to do after EAGAIN (a non-blocking read found the
+  // queue empty) or EINTR (a signal: the loop checks whether it must stop).
+  bool Take(ssize_t n, const uffd_msg& msg, uint64_t got) {
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+    if (n != static_cast<ssize_t>(sizeof(msg))) {
+      Fail(n < 0 ? Failed("read of the userfaultfd")
+                 : absl::StrCat("read of the userfaultfd returned ", n, " bytes"));
+      return false;
+    }
+    if (msg.event != UFFD_EVENT_PAGEFAULT) {
+      Fail(absl::StrCat("unexpected uffd event 0x", absl::Hex(msg.event)));
+      return false;
+    }
+    char* address = reinterpret_cast<char*>(msg.arg.pagefault.address);
+    if (!InRange(address)) {
+      Fail(absl::StrCat("a fault at 0x", absl::Hex(msg.arg.pagefault.address),
+                        ", outside the handler's range"));
+      return false;
+    }
+    Handle(address, msg.arg.pagefault.flags, got);
+    return !failed.load(std::memory_order_relaxed);
+  }
+
+  // HandlerLoop::kPoll: poll the descriptor and the stop eventfd, read one message at a time.
+  void RunPoll() {
     pollfd fds[2] = {{uffd->fd(), POLLIN, 0}, {stop_fd, POLLIN, 0}};
     while (!failed.load(std::memory_order_relaxed)) {
       if (poll(fds, 2, -1) < 0) {
@@ -439,26 +480,18 @@ struct FaultHandler::State {
       }
       uffd_msg msg;
       const ssize_t n = read(uffd->fd(), &msg, sizeof(msg));
-      const uint64_t got = TscNow();
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;  // another reader won, or a signal
-      if (n != static_cast<ssize_t>(sizeof(msg))) {
-        Fail(n < 0 ? Failed("read of the userfaultfd")
-                   : absl::StrCat("read of the userfaultfd returned ", n, " bytes"));
-        break;
-      }
-      if (msg.event != UFFD_EVENT_PAGEFAULT) {
-        Fail(absl::StrCat("unexpected uffd event 0x", absl::Hex(msg.event)));
-        break;
-      }
-      char* address = reinterpret_cast<char*>(msg.arg.pagefault.address);
-      if (!InRange(address)) {
-        Fail(absl::StrCat("a fault at 0x", absl::Hex(msg.arg.pagefault.address),
-                          ", outside the handler's range"));
-        break;
-      }
-      Handle(address, msg.arg.pagefault.flags, got);
+      if (!Take(n, msg, TscNow())) break;
     }
-    stopped.store(true, std::memory_order_release);
+  }
+
+  // HandlerLoop::kBlockingRead: read() on the blocking descriptor, nothing else. Stop() sets
+  // `stop` and interrupts the read() with HandlerStopSignal() (EINTR).
+  void RunBlockingRead() {
+    while (!stop.load(std::memory_order_acquire)) {
+      uffd_msg msg;
+      const ssize_t n = read(uffd->fd(), &msg, sizeof(msg));
+      if (!Take(n, msg, TscNow())) break;
+    }
   }
 };
 
@@ -500,12 +533,39 @@ void OnSigbus(int sig, siginfo_t* info, void* context) {
   errno = saved_errno;
 }
 
+// The action of HandlerStopSignal(): nothing. Being a handler (not SIG_IGN, not SIG_DFL, which
+// would kill the process) is enough for the kernel to end a blocked read() with EINTR.
+void OnHandlerStopSignal(int) {}
+
+// Installs that action once per process: "" or why not. Without SA_RESTART, so the read() is
+// ended rather than restarted. Never uninstalled: the signal is faultlab's alone, and removing
+// the action while a Stop() might still send the signal would kill the process.
+std::string InstallHandlerStopSignal() {
+  static const std::string error = [] {
+    const int sig = HandlerStopSignal();
+    struct sigaction current {};
+    if (sigaction(sig, nullptr, &current) != 0) return Failed("sigaction(SIGRTMIN+5)");
+    if ((current.sa_flags & SA_SIGINFO) || current.sa_handler != SIG_DFL) {
+      return std::string("SIGRTMIN+5, which stops a blocking-read handler, already has an action");
+    }
+    struct sigaction action {};
+    action.sa_handler = OnHandlerStopSignal;
+    action.sa_flags = 0;  // no SA_RESTART
+    sigemptyset(&action.sa_mask);
+    if (sigaction(sig, &action, nullptr) != 0) return Failed("sigaction(SIGRTMIN+5)");
+    return std::string();
+  }();
+  return error;
+}
+
 }  // namespace
+
+int HandlerStopSignal() { return SIGRTMIN + 5; }
 
 FaultHandler::~FaultHandler() { Stop(); }
 
 std::string FaultHandler::Start(Userfaultfd& uffd, UffdRange range, HandlerMode mode, int cpu,
-                                Resolver resolve, std::size_t max_faults) {
+                                Resolver resolve, std::size_t max_faults, HandlerLoop loop) {
   if (state_) return "FaultHandler::Start: already started";
   if (uffd.fd() < 0) return "FaultHandler::Start: the userfaultfd is not open";
   if (range.page == 0 || (range.page & (range.page - 1)) != 0) {
@@ -543,13 +603,27 @@ std::string FaultHandler::Start(Userfaultfd& uffd, UffdRange range, HandlerMode 
     return {};
   }
 
-  state->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (state->stop_fd < 0) {
-    const std::string why = Failed("eventfd");
+  state->loop = loop;
+  const bool blocking_read = loop == HandlerLoop::kBlockingRead;
+  if (uffd.blocking() != blocking_read) {
     delete state;
-    return why;
+    return blocking_read ? "the blocking-read handler needs a blocking userfaultfd"
+                         : "the polling handler needs a non-blocking userfaultfd";
   }
-  // The thread says whether it could pin before it starts polling.
+  if (blocking_read) {
+    if (std::string why = InstallHandlerStopSignal(); !why.empty()) {
+      delete state;
+      return why;
+    }
+  } else {
+    state->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (state->stop_fd < 0) {
+      const std::string why = Failed("eventfd");
+      delete state;
+      return why;
+    }
+  }
+  // The thread says whether it could pin before it starts waiting for messages.
   std::mutex mutex;
   std::condition_variable ready;
   bool started = false;
@@ -563,7 +637,14 @@ std::string FaultHandler::Start(Userfaultfd& uffd, UffdRange range, HandlerMode 
       started = true;
       ready.notify_one();
     }
-    if (why.empty()) state->Run();
+    if (why.empty()) {
+      if (state->loop == HandlerLoop::kBlockingRead) {
+        state->RunBlockingRead();
+      } else {
+        state->RunPoll();
+      }
+    }
+    state->stopped.store(true, std::memory_order_release);
   });
   {
     std::unique_lock<std::mutex> lock(mutex);
@@ -584,6 +665,19 @@ std::string FaultHandler::Stop() {
   if (state->mode == HandlerMode::kSigbus) {
     sigaction(SIGBUS, &state->previous, nullptr);
     g_sigbus_owner.store(nullptr, std::memory_order_release);
+  } else if (state->loop == HandlerLoop::kBlockingRead) {
+    state->stop.store(true, std::memory_order_release);
+    // The thread checks `stop` before each read(), but a signal that comes between that check and
+    // the read() is spent before the read() blocks: send it again until the thread is out of its
+    // loop. Its thread still exists until joined, so the signal has a target until then.
+    while (!state->stopped.load(std::memory_order_acquire)) {
+      const int rc = pthread_kill(state->thread.native_handle(), HandlerStopSignal());
+      if (rc != 0 && rc != ESRCH) std::abort();  // EINVAL: cannot happen with a valid signal
+      for (int i = 0; i < 100 && !state->stopped.load(std::memory_order_acquire); ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(10));
+      }
+    }
+    state->thread.join();
   } else {
     const uint64_t one = 1;
     if (write(state->stop_fd, &one, sizeof(one)) != sizeof(one)) {

@@ -106,6 +106,7 @@ std::string UffdFeatureNames(uint64_t features);
 
 // One userfaultfd, opened with OpenUserfaultfd (kernel_features.h: the syscall with
 // UFFD_USER_MODE_ONLY, else /dev/userfaultfd), non-blocking, close-on-exec, with UFFDIO_API done.
+// SetBlocking makes it blocking (and back) for the minimal handler (HandlerLoop::kBlockingRead).
 class Userfaultfd {
  public:
   Userfaultfd() = default;
@@ -126,6 +127,11 @@ class Userfaultfd {
   // (bit _UFFDIO_X set for UFFDIO_X).
   std::string Register(void* addr, std::size_t len, uint64_t modes, uint64_t* ioctls = nullptr);
   std::string Unregister(void* addr, std::size_t len);
+  // Clears (blocking) or sets O_NONBLOCK: "" or "fcntl(F_SETFL): <errno name>". The flag belongs
+  // to the open file, which the kernel's read() consults each time: change it only while no
+  // handler reads the descriptor.
+  std::string SetBlocking(bool blocking);
+  bool blocking() const;
 
   // The resolving ioctls, each "" or "UFFDIO_X: <errno name>"; `wake` false passes the
   // DONTWAKE mode (the caller wakes with Wake).
@@ -152,6 +158,24 @@ class Userfaultfd {
 enum class HandlerMode { kSameCpu, kOtherCpu, kSigbus };
 const char* HandlerModeName(HandlerMode mode);  // "same_cpu", "other_cpu", "sigbus"
 
+// How a thread-mode handler waits for its next message (ignored in sigbus mode).
+// - kPoll: poll() on the non-blocking descriptor and a stop eventfd, then read() one message;
+//   Stop() writes the eventfd. What the suite's rows measure.
+// - kBlockingRead: the minimal handler: read() blocking on a blocking descriptor
+//   (Userfaultfd::SetBlocking(true)), nothing else, as the kernel's selftests do: one syscall per
+//   message instead of two. Stop() sets a stop flag the loop checks before each read() and sends
+//   the thread kHandlerStopSignal until it has left the loop (a signal that comes before the
+//   thread enters read() is lost there; the next one gets it out), then joins it.
+// Both loops share the checks of each message, the resolving and the stamps.
+enum class HandlerLoop { kPoll, kBlockingRead };
+
+// The signal that ends a kBlockingRead handler's read(): SIGRTMIN + 5, which nothing else in
+// faultlab uses. Its action, a handler that does nothing, installed without SA_RESTART (so the
+// read() returns EINTR instead of being restarted), is installed once per process, by the first
+// kBlockingRead Start(), and left installed (a later Start() would only install it again). Start()
+// refuses to run if another action for it is found. A function: SIGRTMIN is not a constant.
+int HandlerStopSignal();
+
 // Per fault, what the handler saw, in TSC ticks (tsc_clock.h): when it had the message (thread
 // modes: read() returned; sigbus: the signal handler was entered) and when the resolving ioctl
 // returned. The faulting thread stamps before its access and after it, so a round trip splits
@@ -177,7 +201,7 @@ struct HandlerStamps {
 using Resolver = std::function<std::string(char* address, uint64_t flags)>;
 
 // A running handler for one descriptor and one registered range. Start() returns once the
-// handler is ready (thread started, pinned, polling; or the SIGBUS action installed). Stamps are
+// handler is ready (thread started and pinned; or the SIGBUS action installed). Stamps are
 // recorded per fault in order, up to `max_faults` (later faults are still resolved and counted).
 // Stop() (and the destructor) end the thread or restore the previous SIGBUS action; Stop()
 // returns the first error the handler met, or "".
@@ -200,8 +224,11 @@ class FaultHandler {
   ~FaultHandler();
 
   // cpu: where the handler thread runs (thread modes; < 0: not pinned); ignored for kSigbus.
+  // loop: how the thread waits (thread modes); the descriptor must be non-blocking for kPoll and
+  // blocking for kBlockingRead, else Start() says so.
   std::string Start(Userfaultfd& uffd, UffdRange range, HandlerMode mode, int cpu,
-                    Resolver resolve, std::size_t max_faults);
+                    Resolver resolve, std::size_t max_faults,
+                    HandlerLoop loop = HandlerLoop::kPoll);
   std::string Stop();
   // Faults handled so far (resolved or failed).
   std::size_t faults() const;

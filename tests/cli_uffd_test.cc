@@ -173,9 +173,18 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
   EXPECT_EQ(row.contains("floor_ns"), thread);
   const bool on_markers = expected.c == "wp_marker" || expected.c == "wp_unpopulated";
   EXPECT_EQ(row.contains("handler_vs_floor"), thread && !on_markers);
+  // Thread modes: the same rounds answered by the minimal handler (a blocking read()), every
+  // case alike, those with rounds beside them included.
+  EXPECT_EQ(row.contains("minimal_p50_ns"), thread);
+  EXPECT_EQ(row.contains("handler_vs_minimal"), thread);
   if (thread) {
     EXPECT_GT(row.value("floor_ns", 0.0), 0);
     EXPECT_GT(row.value("trap_ns", 0.0), 0);
+    EXPECT_GT(row.value("minimal_p50_ns", 0.0), 0);
+    // The ratio of the two medians the row reports, not a bound on it.
+    EXPECT_NEAR(row.value("handler_vs_minimal", 0.0),
+                row.value("p50_ns", 0.0) / row.value("minimal_p50_ns", 1.0),
+                1e-6 * row.value("handler_vs_minimal", 0.0));
   } else {
     EXPECT_EQ(row.value("resumed_first", -1.0), 0) << "no handler thread to resume before";
   }

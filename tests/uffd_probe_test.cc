@@ -3,8 +3,10 @@
 // features asked and refuses one no kernel has, by name; a handler in each mode resolves faults
 // with the content the ioctl gave and one stamp per fault; nothing (thread, descriptor, SIGBUS
 // action) outlives a handler, also when its resolver fails half-way, which must not leave the
-// faulting thread hanging; UFFDIO_WRITEPROTECT shows in pagemap's uffd-wp bit, and stays as a
-// marker where the suite's marker cases say it does.
+// faulting thread hanging; the minimal handler (a blocking read() on a blocking descriptor,
+// stopped by a signal) does the same, and its Stop() returns however soon it follows Start();
+// UFFDIO_WRITEPROTECT shows in pagemap's uffd-wp bit, and stays as a marker where the suite's
+// marker cases say it does.
 //
 // Nothing here is timed. Hugetlb regions are in hugetlb_uffd_probe_test.cc, which reserves pool
 // pages (and so takes the hugetlb lock); nothing here needs them.
@@ -135,7 +137,20 @@ TEST(Userfaultfd, OpensWithTheFeaturesAskedNonBlockingAndCloseOnExec) {
   EXPECT_NE(uffd.features() & UFFD_FEATURE_SIGBUS, 0u);
   EXPECT_NE(fcntl(uffd.fd(), F_GETFL) & O_NONBLOCK, 0);
   EXPECT_NE(fcntl(uffd.fd(), F_GETFD) & FD_CLOEXEC, 0);
+  EXPECT_FALSE(uffd.blocking());
   EXPECT_NE(uffd.Open(0).find("already open"), std::string::npos);
+}
+
+TEST(Userfaultfd, SetBlockingTurnsONonblockOffAndOn) {
+  Userfaultfd uffd;
+  OPEN_OR_SKIP(uffd, 0);
+  ASSERT_EQ(uffd.SetBlocking(true), "");
+  EXPECT_EQ(fcntl(uffd.fd(), F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_TRUE(uffd.blocking());
+  ASSERT_EQ(uffd.SetBlocking(true), "") << "setting it twice is no error";
+  ASSERT_EQ(uffd.SetBlocking(false), "");
+  EXPECT_NE(fcntl(uffd.fd(), F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_FALSE(uffd.blocking());
 }
 
 TEST(Userfaultfd, RefusesAnUnknownFeatureBitByName) {
@@ -308,14 +323,25 @@ TEST(Userfaultfd, MoveTakesThePageAcrossAndPoisonFillsAHole) {
 struct ModeCase {
   HandlerMode mode;
   int cpu;
+  HandlerLoop loop = HandlerLoop::kPoll;
+
+  bool blocking() const { return loop == HandlerLoop::kBlockingRead; }
+  std::string Name() const {
+    return std::string(HandlerModeName(mode)) + (blocking() ? " blocking-read" : "");
+  }
 };
 
-// The modes this machine can run: other_cpu needs a second CPU to run the handler on.
+// The modes this machine can run, each thread mode with both loops: other_cpu needs a second CPU
+// to run the handler on.
 std::vector<ModeCase> Modes() {
   const std::vector<int> cpus = AllowedCpus();
   std::vector<ModeCase> modes = {{HandlerMode::kSameCpu, cpus.at(0)},
+                                 {HandlerMode::kSameCpu, cpus.at(0), HandlerLoop::kBlockingRead},
                                  {HandlerMode::kSigbus, -1}};
-  if (cpus.size() >= 2) modes.push_back({HandlerMode::kOtherCpu, cpus[1]});
+  if (cpus.size() >= 2) {
+    modes.push_back({HandlerMode::kOtherCpu, cpus[1]});
+    modes.push_back({HandlerMode::kOtherCpu, cpus[1], HandlerLoop::kBlockingRead});
+  }
   return modes;
 }
 
@@ -326,7 +352,7 @@ uint64_t SigbusFeature(HandlerMode mode) {
 TEST(FaultHandler, ResolvesMissingFaultsOnAnon4kInEachModeWithOneStampPerFault) {
   constexpr std::size_t kPages = 16;
   for (const ModeCase& mc : Modes()) {
-    SCOPED_TRACE(HandlerModeName(mc.mode));
+    SCOPED_TRACE(mc.Name());
     UffdRegion region, source;
     ASSERT_EQ(region.Map(UffdMemory::kAnon4K, kPages * kPage), "");
     ASSERT_EQ(source.Map(UffdMemory::kAnon4K, kPage), "");
@@ -337,12 +363,13 @@ TEST(FaultHandler, ResolvesMissingFaultsOnAnon4kInEachModeWithOneStampPerFault) 
     ASSERT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_MISSING, &ioctls),
               "");
     EXPECT_NE(ioctls & (uint64_t{1} << _UFFDIO_COPY), 0u);
+    ASSERT_EQ(uffd.SetBlocking(mc.blocking()), "");
     FaultHandler handler;
     ASSERT_EQ(handler.Start(uffd, region.range(), mc.mode, mc.cpu,
                             [&](char* address, uint64_t) {
                               return uffd.Copy(address, source.base(), kPage);
                             },
-                            kPages),
+                            kPages, mc.loop),
               "");
     WriteEachPage(region.base(), kPages, kPage, 'w');
     ASSERT_TRUE(handler.WaitForFaults(kPages));
@@ -429,6 +456,7 @@ std::string RunHandlerThatMayFail(const ModeCase& mc, int fail_at, std::size_t* 
   Userfaultfd uffd;
   EXPECT_EQ(uffd.Open(SigbusFeature(mc.mode)), "");
   EXPECT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_MISSING), "");
+  EXPECT_EQ(uffd.SetBlocking(mc.blocking()), "");
   FaultHandler handler;
   int seen = 0;
   EXPECT_EQ(handler.Start(uffd, region.range(), mc.mode, mc.cpu,
@@ -438,7 +466,7 @@ std::string RunHandlerThatMayFail(const ModeCase& mc, int fail_at, std::size_t* 
                             if (seen++ == fail_at) return "gave up at 3";
                             return uffd.Copy(address, source.base(), kPage);
                           },
-                          kPages),
+                          kPages, mc.loop),
             "");
   // Returns only if no access is left hanging on a fault nobody answers.
   WriteEachPage(region.base(), kPages, kPage, 'w');
@@ -459,7 +487,7 @@ TEST(FaultHandler, LeavesNoThreadDescriptorOrSignalActionBehind) {
   struct sigaction before {};
   ASSERT_EQ(sigaction(SIGBUS, nullptr, &before), 0);
   for (const ModeCase& mc : Modes()) {
-    SCOPED_TRACE(HandlerModeName(mc.mode));
+    SCOPED_TRACE(mc.Name());
     {
       Userfaultfd probe;
       OPEN_OR_SKIP(probe, 0);
@@ -481,7 +509,7 @@ TEST(FaultHandler, LeavesNoThreadDescriptorOrSignalActionBehind) {
 // the faulting thread ran to its end; afterwards nothing is left behind.
 TEST(FaultHandler, AResolverFailingHalfWayIsReportedAndLeavesNothingHanging) {
   for (const ModeCase& mc : Modes()) {
-    SCOPED_TRACE(HandlerModeName(mc.mode));
+    SCOPED_TRACE(mc.Name());
     {
       Userfaultfd probe;
       OPEN_OR_SKIP(probe, 0);
@@ -494,6 +522,61 @@ TEST(FaultHandler, AResolverFailingHalfWayIsReportedAndLeavesNothingHanging) {
     EXPECT_EQ(Threads(), threads);
     EXPECT_EQ(OpenFds(), fds);
   }
+}
+
+// The minimal handler's Stop() may come at any point of its thread's start: before the thread
+// checked its stop flag, between that check and read(), or in read(). Each must end with the thread
+// joined (a lost signal is sent again), whatever the CPUs; and the stop signal's action stays a
+// handler without SA_RESTART, so a blocked read() returns EINTR instead of being restarted.
+TEST(FaultHandler, TheBlockingReadHandlerStopsHoweverSoonStopFollowsStart) {
+  UffdRegion region;
+  ASSERT_EQ(region.Map(UffdMemory::kAnon4K, kPage), "");
+  Userfaultfd uffd;
+  OPEN_OR_SKIP(uffd, 0);
+  ASSERT_EQ(uffd.Register(region.base(), region.bytes(), UFFDIO_REGISTER_MODE_MISSING), "");
+  ASSERT_EQ(uffd.SetBlocking(true), "");
+  const std::size_t threads = ThreadBaseline(), fds = OpenFds();
+  const std::vector<int> cpus = AllowedCpus();
+  for (int i = 0; i < 200; ++i) {
+    FaultHandler handler;
+    ASSERT_EQ(handler.Start(uffd, region.range(), HandlerMode::kSameCpu,
+                            cpus[static_cast<std::size_t>(i) % cpus.size()],
+                            [](char*, uint64_t) { return std::string("no fault expected"); }, 1,
+                            HandlerLoop::kBlockingRead),
+              "");
+    if (i % 2) std::this_thread::yield();  // some Stops after the thread is in read()
+    EXPECT_EQ(handler.Stop(), "");
+    EXPECT_EQ(handler.faults(), 0u);
+  }
+  EXPECT_EQ(Threads(), threads);
+  EXPECT_EQ(OpenFds(), fds) << "the blocking-read handler opens no descriptor";
+  struct sigaction action {};
+  ASSERT_EQ(sigaction(HandlerStopSignal(), nullptr, &action), 0);
+  EXPECT_EQ(action.sa_flags & SA_RESTART, 0);
+  EXPECT_NE(action.sa_handler, SIG_DFL);
+  EXPECT_NE(action.sa_handler, SIG_IGN);
+  EXPECT_GE(HandlerStopSignal(), SIGRTMIN);
+  EXPECT_LE(HandlerStopSignal(), SIGRTMAX);
+}
+
+// Each loop on the descriptor it needs: a polling handler on a blocking descriptor could block in
+// read() where Stop() cannot reach it, a blocking-read one on a non-blocking descriptor would spin.
+TEST(FaultHandler, EachLoopRefusesADescriptorOfTheOtherKind) {
+  UffdRegion region;
+  ASSERT_EQ(region.Map(UffdMemory::kAnon4K, kPage), "");
+  Userfaultfd uffd;
+  OPEN_OR_SKIP(uffd, 0);
+  const std::size_t threads = ThreadBaseline(), fds = OpenFds();
+  auto none = [](char*, uint64_t) { return std::string(); };
+  FaultHandler handler;
+  EXPECT_EQ(handler.Start(uffd, region.range(), HandlerMode::kSameCpu, -1, none, 1,
+                          HandlerLoop::kBlockingRead),
+            "the blocking-read handler needs a blocking userfaultfd");
+  ASSERT_EQ(uffd.SetBlocking(true), "");
+  EXPECT_EQ(handler.Start(uffd, region.range(), HandlerMode::kSameCpu, -1, none, 1),
+            "the polling handler needs a non-blocking userfaultfd");
+  EXPECT_EQ(Threads(), threads);
+  EXPECT_EQ(OpenFds(), fds);
 }
 
 TEST(FaultHandler, OneSigbusHandlerAtATime) {
@@ -531,11 +614,14 @@ TEST(FaultHandler, ACpuItCannotRunOnIsAnErrorAndLeavesNoThread) {
   OPEN_OR_SKIP(uffd, 0);
   const std::size_t threads = ThreadBaseline();
   const int absent = static_cast<int>(sysconf(_SC_NPROCESSORS_CONF));  // one past the last CPU
-  FaultHandler handler;
-  const std::string why = handler.Start(uffd, region.range(), HandlerMode::kSameCpu, absent,
-                                        [](char*, uint64_t) { return std::string(); }, 1);
-  EXPECT_NE(why.find("CPU " + std::to_string(absent)), std::string::npos) << why;
-  EXPECT_EQ(Threads(), threads);
+  for (HandlerLoop loop : {HandlerLoop::kPoll, HandlerLoop::kBlockingRead}) {
+    ASSERT_EQ(uffd.SetBlocking(loop == HandlerLoop::kBlockingRead), "");
+    FaultHandler handler;
+    const std::string why = handler.Start(uffd, region.range(), HandlerMode::kSameCpu, absent,
+                                          [](char*, uint64_t) { return std::string(); }, 1, loop);
+    EXPECT_NE(why.find("CPU " + std::to_string(absent)), std::string::npos) << why;
+    EXPECT_EQ(Threads(), threads);
+  }
 }
 
 // --- The floor ---

@@ -7,11 +7,12 @@ model's, and guard regions against mprotect (suite guard), from DIR/results.json
 - uffd_summary.txt: the round trips and where their time goes, continue against copy, faults on
   markers a zap left against faults on none entries, write-protecting unpopulated ranges, move
   against copy, the faults the kernel answers without a handler (poison, async wp), the handler
-  against its floor, the kernel against the model, guard regions against mprotect, and what was
+  against its floor and against the minimal handler, the kernel against the model, guard regions against mprotect, and what was
   skipped (also returned, for printing).
 
 Every number comes from the run; the only constants are the names of the cases and the issue's
-target for the handler (at most 10% over its floor).
+target for the handler (at most 10% over its floor), which the report also applies to the handler
+against the minimal handler.
 """
 
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ MODEL_BESIDE = {
 MODEL_CASES = ("uffd", "uffd_wp", "marker_fault", "marker_scan", "zap", "guard", "zeropage_read",
                "write_after_zeropage")
 
-# The issue's target: a thread handler adds at most 10% over the floor of its mode.
+# The issue's target: a thread handler adds at most 10% over the floor of its mode; the same bound
+# for the handler against the minimal handler (a blocking read(), nothing else).
 HANDLER_TARGET = 1.10
 
 RUN_COMMAND = "./scripts/faultlab run --suite uffd,guard"
@@ -381,27 +383,51 @@ def no_handler_lines(run):
                   "repetitions ± their cv):", lines)
 
 
-def handler_lines(found):
-    """handler_vs_floor per thread-mode row, against the issue's target."""
-    rows = [(key, bench.measure("handler_vs_floor")) for key, bench in found.items()
-            if key[2] != "sigbus" and bench.measure("handler_vs_floor") is not None]
-    if not rows:
-        return []
-    # A ratio of zero or less means the ioctl alone took longer than the whole round trip: the
-    # subtraction says nothing of the handler then.
-    measured = [(key, ratio) for key, ratio in rows if ratio.value > 0]
-    unmeasured = [key for key, ratio in rows if ratio.value <= 0]
+def ratio_rows(found, counter):
+    """(key, measure) of a handler ratio per thread-mode row that has it, split into the measured
+    ones and the keys of those at zero or below (which measured nothing)."""
+    rows = [(key, bench.measure(counter)) for key, bench in found.items()
+            if key[2] != "sigbus" and bench.measure(counter) is not None]
+    return ([(key, ratio) for key, ratio in rows if ratio.value > 0],
+            [key for key, ratio in rows if ratio.value <= 0])
+
+
+def verdict_lines(heading, measured):
+    """A heading ending in how many rows meet the handler target, then each row's ratio and
+    verdict, the largest first."""
     met = [key for key, ratio in measured if ratio.value <= HANDLER_TARGET]
-    lines = ["", f"Handler against its floor (target <= {HANDLER_TARGET:.2f}; (round trip - the "
-                 "ioctl alone - a zero-page fault's trap) / an eventfd ping-pong between two "
-                 "threads pinned the same way, all medians of the same run): "
-                 f"{len(met)} of {len(measured)} rows meet it."]
+    lines = ["", f"{heading}: {len(met)} of {len(measured)} rows meet it."]
     for (case, memory, mode), ratio in sorted(measured, key=lambda row: -row[1].value):
         lines.append(f"  {case} {memory} {mode}: {significant(ratio.value)} "
                      f"{'met' if ratio.value <= HANDLER_TARGET else 'missed'}")
-    if unmeasured:
-        lines.append("  Not measured, the ioctl alone took longer than the round trip: " +
-                     ", ".join(" ".join(key) for key in sorted(unmeasured)) + ".")
+    return lines
+
+
+def handler_lines(found):
+    """handler_vs_floor and handler_vs_minimal per thread-mode row, against the issue's target."""
+    lines = []
+    # A floor ratio of zero or less means the ioctl alone took longer than the whole round trip:
+    # the subtraction says nothing of the handler then.
+    measured, unmeasured = ratio_rows(found, "handler_vs_floor")
+    if measured or unmeasured:
+        lines += verdict_lines(
+            f"Handler against its floor (target <= {HANDLER_TARGET:.2f}; (round trip - the ioctl "
+            "alone - a zero-page fault's trap) / an eventfd ping-pong between two threads pinned "
+            "the same way, all medians of the same run)", measured)
+        if unmeasured:
+            lines.append("  Not measured, the ioctl alone took longer than the round trip: " +
+                         ", ".join(" ".join(key) for key in sorted(unmeasured)) + ".")
+        if any(mode == "same_cpu" and ratio.value > HANDLER_TARGET
+               for (_, _, mode), ratio in measured):
+            lines.append("  Why same_cpu misses its floor (profiled once with perf: the excess "
+                         "is in the kernel's fault path, not in the handler): see README.md, "
+                         "section \"The `uffd` suite\".")
+    measured, _ = ratio_rows(found, "handler_vs_minimal")
+    if measured:
+        lines += verdict_lines(
+            f"Handler against the minimal handler (target <= {HANDLER_TARGET:.2f}; the round "
+            "trip / the same faults answered by a thread that only blocks in read() on the "
+            "descriptor, rounds alternated on the same pages, medians of the same run)", measured)
     return lines
 
 
