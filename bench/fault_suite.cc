@@ -221,30 +221,7 @@ class Region {
   int memfd_ = -1;
 };
 
-// Touches one byte of each of `count` pages `stride` apart; ticks[i] is the TSC time from the
-// previous stamp to the stamp after touch i, so each sample holds one fault, one stamp and the
-// loop (the harness part is measured on populated pages).
-// Not instrumented by sanitizers: their shadow-memory accesses would add faults (TSan maps
-// shadow pages on first touch: 3 page faults per touch instead of 1) and time to the stamps.
-template <bool kWrite>
-__attribute__((no_sanitize("address", "thread", "undefined"))) void StampedTouch(
-    char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
-  uint64_t prev = TscNow();
-  for (std::size_t i = 0; i < count; ++i) {
-    volatile char* p = base + i * stride;
-    if constexpr (kWrite) {
-      *p = 1;
-    } else {
-      (void)*p;
-    }
-    // Keep the compiler from moving the stamp across the touch; the fault itself serialises.
-    asm volatile("" ::: "memory");
-    const uint64_t now = TscNow();
-    ticks[i] = now - prev;
-    prev = now;
-  }
-}
-
+// StampedTouch (harness.h): the harness part of each sample is measured on populated pages.
 void Touch(Access access, char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
   if (access == Access::kReadZeropage) {
     StampedTouch<false>(base, stride, count, ticks);

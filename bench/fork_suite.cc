@@ -380,20 +380,6 @@ void RunLatency(benchmark::State& state, ForkBacking backing, Variant variant, S
               [&] { return MeasureLatency(backing, variant, spawn, forks, bytes); });
 }
 
-// Touches one byte of each page, stamping after each write (as fault_suite does): ticks[i] is
-// one write, fault included if it took one.
-__attribute__((no_sanitize("address", "thread", "undefined"))) void StampedWrite(
-    char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
-  uint64_t prev = TscNow();
-  for (std::size_t i = 0; i < count; ++i) {
-    *static_cast<volatile char*>(base + i * stride) = 2;
-    asm volatile("" ::: "memory");
-    const uint64_t now = TscNow();
-    ticks[i] = now - prev;
-    prev = now;
-  }
-}
-
 // Case `write_after_fork`, as three benchmarks per backing:
 //   parent_write:            the parent writes each page while the child is alive: the COW
 //                            copy (4 KiB; hugetlb copies 2 MiB; shmem is shared: no fault, no
@@ -449,7 +435,7 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
         std::fill(out, out + pages, 0);  // fault the result buffer in outside the stamps
         CounterGroup mine(totals.names, /*inherit=*/false);
         const std::vector<double> before = mine.Read();
-        StampedWrite(region.base(), kind.page, pages, out);
+        StampedTouch<true>(region.base(), kind.page, pages, out);
         const std::vector<double> after = mine.Read();
         page->child_counter_count = std::min<std::size_t>(after.size(), 64);
         for (std::size_t i = 0; i < page->child_counter_count && i < before.size(); ++i) {
@@ -480,7 +466,7 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
         break;
       }
       const std::vector<double> before = group.Read();
-      StampedWrite(region.base(), kind.page, pages, ticks.data());
+      StampedTouch<true>(region.base(), kind.page, pages, ticks.data());
       if (r > 0) totals.Add(before, group.Read());
     }
     close(fds[1]);
@@ -509,7 +495,7 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
     }
     if (writer == Writer::kParentAfterExit) {
       const std::vector<double> before = group.Read();
-      StampedWrite(region.base(), kind.page, pages, ticks.data());
+      StampedTouch<true>(region.base(), kind.page, pages, ticks.data());
       if (r > 0) totals.Add(before, group.Read());
     }
     if (backing == ForkBacking::kThp && writer != Writer::kChild) {

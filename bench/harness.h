@@ -12,6 +12,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/perf_counters.h"
+#include "bench/tsc_clock.h"
 
 namespace faultlab {
 
@@ -61,6 +62,30 @@ class BarrierArrival {
 // step with it. Benchmarks time it between their samples (untimed) and report its median as
 // reference_ns, so a report can tell a noisy machine from a noisy code path.
 double ReferenceWorkNs();
+
+// Touches one byte of each of `count` pages `stride` apart (a write of 1, or a read); ticks[i]
+// is the TSC time from the previous stamp to the stamp after touch i, so each sample holds one
+// fault (if the touch took one), one stamp and the loop.
+// Not instrumented by sanitizers: their shadow-memory accesses would add faults (TSan maps
+// shadow pages on first touch: 3 page faults per touch instead of 1) and time to the stamps.
+template <bool kWrite>
+__attribute__((no_sanitize("address", "thread", "undefined"))) void StampedTouch(
+    char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
+  uint64_t prev = TscNow();
+  for (std::size_t i = 0; i < count; ++i) {
+    volatile char* p = base + i * stride;
+    if constexpr (kWrite) {
+      *p = 1;
+    } else {
+      (void)*p;
+    }
+    // Keep the compiler from moving the stamp across the touch; the fault itself serialises.
+    asm volatile("" ::: "memory");
+    const uint64_t now = TscNow();
+    ticks[i] = now - prev;
+    prev = now;
+  }
+}
 
 // Sums of counter deltas over the timed parts of a measurement.
 struct CounterTotals {

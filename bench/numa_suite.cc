@@ -246,20 +246,6 @@ std::string WhyNoHugePagesOn(const BackingKind& kind, std::size_t bytes, int nod
 
 // --- Stamped first touch ---------------------------------------------------------------------
 
-// As fault_suite.cc: one byte written per page, a TSC stamp after each; not instrumented by
-// sanitizers (their shadow accesses would add faults).
-__attribute__((no_sanitize("address", "thread", "undefined"))) void StampedTouch(
-    char* base, std::size_t stride, std::size_t count, uint64_t* ticks) {
-  uint64_t prev = TscNow();
-  for (std::size_t i = 0; i < count; ++i) {
-    *static_cast<volatile char*>(base + i * stride) = 1;
-    asm volatile("" ::: "memory");
-    const uint64_t now = TscNow();
-    ticks[i] = now - prev;
-    prev = now;
-  }
-}
-
 constexpr int kMaxWarmupRounds = 10;
 constexpr double kStableWithin = 0.05;
 
@@ -308,7 +294,7 @@ Measurement MeasureFirstTouch(const TouchPlan& plan) {
       return std::nullopt;
     }
     const std::vector<double> before = measured ? group.Read() : std::vector<double>{};
-    StampedTouch(region.base(), kind.page, count, ticks.data());
+    StampedTouch<true>(region.base(), kind.page, count, ticks.data());
     if (measured) m.totals.Add(before, group.Read());
     Figures f;
     for (uint64_t t : ticks) f.mean += static_cast<double>(t) * ns_per_tick;
@@ -329,7 +315,7 @@ Measurement MeasureFirstTouch(const TouchPlan& plan) {
     }
     if (last) {
       // The same stamped loop over mapped pages: the harness without a fault.
-      StampedTouch(region.base(), kind.page, count, ticks.data());
+      StampedTouch<true>(region.base(), kind.page, count, ticks.data());
       std::nth_element(ticks.begin(), ticks.begin() + count / 2, ticks.end());
       harness_ns = static_cast<double>(ticks[count / 2]) * ns_per_tick;
     }
