@@ -8,14 +8,9 @@
 // tests check behaviour, never time. Benchmark names read
 // fork/<case>/<backing>/rss_mib:N/iterations:I/repeats:R/manual_time.
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,80 +21,26 @@
 #include "tests/cli_support.h"
 #include "topology/hugetlb.h"
 
-namespace fs = std::filesystem;
-
 namespace {
 
 using nlohmann::json;
 
 using namespace faultlab::cli_test;
 
-struct ForkOutcome {
-  int exit_code = -1;
-  std::string err;
-  json results;  // results.json, or discarded when the run wrote none
-};
-
 // `faultlab run --quick --suite fork --filter FILTER --out <scratch>/out` plus `extra`.
-ForkOutcome RunFork(const std::string& filter, const std::vector<std::string>& extra = {}) {
-  ScratchDir scratch;
-  const fs::path out = scratch.path() / "out";
-  std::vector<std::string> args = {"run", "--quick", "--suite", "fork", "--filter", filter,
-                                   "--out", out.string()};
-  args.insert(args.end(), extra.begin(), extra.end());
-  const Outcome run = Faultlab(args, scratch);
-  ForkOutcome outcome;
-  outcome.exit_code = run.exit_code;
-  outcome.err = run.err;
-  std::ifstream in(out / "results.json");
-  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return outcome;
-}
-
-std::vector<std::string> Split(const std::string& name) {
-  std::vector<std::string> parts;
-  std::stringstream in(name);
-  for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
-  return parts;
-}
-
-// The rows of one run of each benchmark repetition whose name starts with `prefix`.
-std::vector<json> IterationRows(const json& results, const std::string& prefix) {
-  std::vector<json> rows;
-  if (results.is_discarded()) return rows;
-  for (const json& run : results["benchmarks"]) {
-    if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(prefix, 0) == 0) {
-      rows.push_back(run);
-    }
-  }
-  return rows;
-}
-
-long RssMib(const std::string& name) {
-  const std::size_t at = name.find("/rss_mib:");
-  return at == std::string::npos ? -1 : std::stol(name.substr(at + 9));
+RunOutcome RunFork(const std::string& filter, const std::vector<std::string>& extra = {}) {
+  return RunAndReadResults({"run", "--quick", "--suite", "fork", "--filter", filter}, extra);
 }
 
 // PTE tables of N MiB of 4 KiB pages, in kB: one 4 KiB table per 2 MiB, at least one.
 long TablesKb(long mib) { return std::max(1l, mib / 2) * 4; }
-
-bool Skipped(const json& row) { return row.value("error_occurred", false); }
-
-// A skip row names its reason after the prefix.
-void ExpectSkipWithReason(const json& row, const std::string& must_mention) {
-  const std::string message = row.value("error_message", "");
-  EXPECT_EQ(message.rfind("skipped: ", 0), 0u) << row["name"] << ": " << message;
-  EXPECT_GT(message.size(), std::string("skipped: ").size() + 10) << row["name"];
-  EXPECT_NE(message.find(must_mention), std::string::npos)
-      << row["name"] << ": expected '" << must_mention << "' in: " << message;
-}
 
 // What every fork/ row that ran must show: it checked its premise on the backing its name says,
 // and (latency rows) every timed fork ran a child.
 void ExpectVerified(const json& row, bool page_faults_opened) {
   const std::string name = row["name"];
   SCOPED_TRACE(name);
-  ASSERT_FALSE(Skipped(row)) << row.value("error_message", "");
+  ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
   const std::vector<std::string> parts = Split(name);
   ASSERT_GE(parts.size(), 4u);
   const std::string& which = parts[1];
@@ -143,14 +84,6 @@ void ExpectVerified(const json& row, bool page_faults_opened) {
   }
 }
 
-bool PageFaultsOpened(const json& results) {
-  if (results.is_discarded()) return false;
-  for (const json& name : results["context"]["faultlab"]["counters"]["opened"]) {
-    if (name == "page-faults") return true;
-  }
-  return false;
-}
-
 // Each check below reads one run: the smallest case of each backing, the DONTFORK variant at
 // 256 MiB, the floors, the parent's write after fork, the COW-PTE cases with prctl 65
 // (PR_SET_MDWE on this kernel) and the model's fork rows. (One test drives them all: CTest runs
@@ -186,7 +119,7 @@ Plan RunPlan() {
 
 // Every case that can run here ran and verified; anything else is a skip with its reason.
 void CheckEveryCaseThatShouldRunVerified(const json& results, const Plan& plan) {
-  const bool page_faults = PageFaultsOpened(results);
+  const bool page_faults = CounterOpened(results, "page-faults");
   for (const std::string& prefix : plan.must_run) {
     const std::vector<json> rows = IterationRows(results, prefix);
     EXPECT_FALSE(rows.empty()) << prefix << " did not run";
@@ -212,7 +145,7 @@ void CheckAnon4kTables(const json& results) {
   ASSERT_FALSE(plain.empty());
   for (const json& row : plain) {
     if (Skipped(row)) continue;  // reported by CheckEveryCaseThatShouldRunVerified
-    const long tables = TablesKb(RssMib(row["name"]));
+    const long tables = TablesKb(NamedArg(row["name"], "rss_mib"));
     EXPECT_GE(row["parent_vmpte_kb"].get<double>(), tables) << row.dump();
     EXPECT_GE(row["child_vmpte_kb"].get<double>(), tables) << row.dump();
   }
@@ -220,7 +153,7 @@ void CheckAnon4kTables(const json& results) {
   ASSERT_FALSE(dontfork.empty());
   for (const json& row : dontfork) {
     if (Skipped(row)) continue;
-    const long tables = TablesKb(RssMib(row["name"]));
+    const long tables = TablesKb(NamedArg(row["name"], "rss_mib"));
     const double parent = row["parent_vmpte_kb"].get<double>();
     EXPECT_GE(parent, tables) << row.dump();
     EXPECT_LE(row["child_vmpte_kb"].get<double>(), parent - static_cast<double>(tables) / 2)
@@ -262,11 +195,11 @@ void CheckModelForkRowsRanBeside(const json& results) {
   ASSERT_FALSE(lazy.empty()) << "no model/fork rows in a fork suite run";
   ASSERT_FALSE(classic.empty());
   for (const json& row : lazy) {
-    ASSERT_FALSE(Skipped(row)) << row.value("error_message", "");
+    ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
     EXPECT_GT(row.value("child_shared_pte_tables", 0.0), 0) << row.dump();
   }
   for (const json& row : classic) {
-    ASSERT_FALSE(Skipped(row)) << row.value("error_message", "");
+    ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
     EXPECT_EQ(row.value("child_shared_pte_tables", -1.0), 0) << row.dump();
   }
 }
@@ -274,7 +207,7 @@ void CheckModelForkRowsRanBeside(const json& results) {
 TEST(CliFork, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
   const long hugetlb_free_before = faultlab::FreeHugetlbPages(faultlab::kPage2M);
   const Plan plan = RunPlan();
-  const ForkOutcome outcome = RunFork(plan.filter, {"--cow-pte-prctl", "65"});
+  const RunOutcome outcome = RunFork(plan.filter, {"--cow-pte-prctl", "65"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
   {
@@ -300,7 +233,7 @@ TEST(CliFork, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
 }
 
 TEST(CliFork, CowPtePrctlThatDoesNotExistIsSkippedWithItsError) {
-  const ForkOutcome outcome =
+  const RunOutcome outcome =
       RunFork("fork/latency_cow_pte/anon4k/rss_mib:1/", {"--cow-pte-prctl", "1000"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<json> rows = IterationRows(outcome.results, "fork/latency_cow_pte/");
@@ -319,13 +252,14 @@ TEST(CliFork, HugetlbRunsWithAReservedPoolAndThePoolIsRestored) {
   const std::string pool = "/proc/sys/vm/nr_hugepages";
   const long before = ReadLong(pool);
   // rss_mib:2 is one 2 MiB page; the child only exits, so it needs no copy.
-  const ForkOutcome outcome =
+  const RunOutcome outcome =
       RunFork("fork/latency/hugetlb2m/rss_mib:2/", {"--reserve-hugepages", "2M:2"});
   EXPECT_EQ(ReadLong(pool), before) << "the run left the pool changed";
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<json> rows = IterationRows(outcome.results, "fork/latency/hugetlb2m/");
   ASSERT_FALSE(rows.empty()) << outcome.err;
-  for (const json& row : rows) ExpectVerified(row, PageFaultsOpened(outcome.results));
+  const bool page_faults = CounterOpened(outcome.results, "page-faults");
+  for (const json& row : rows) ExpectVerified(row, page_faults);
 }
 
 }  // namespace

@@ -12,11 +12,8 @@
 
 #include <signal.h>
 
-#include <filesystem>
-#include <fstream>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,69 +23,15 @@
 #include "bench/kernel_features.h"
 #include "tests/cli_support.h"
 
-namespace fs = std::filesystem;
-
 namespace {
 
 using nlohmann::json;
 
 using namespace faultlab::cli_test;
 
-struct RunOutcome {
-  int exit_code = -1;
-  std::string err;
-  json results;  // results.json, or discarded when the run wrote none
-};
-
 // `faultlab run --quick --cpu 0 --out <scratch>/out` plus `args`.
 RunOutcome RunQuick(const std::vector<std::string>& args) {
-  ScratchDir scratch;
-  const fs::path out = scratch.path() / "out";
-  std::vector<std::string> all = {"run", "--quick", "--cpu", "0", "--out", out.string()};
-  all.insert(all.end(), args.begin(), args.end());
-  const Outcome run = Faultlab(all, scratch);
-  RunOutcome outcome;
-  outcome.exit_code = run.exit_code;
-  outcome.err = run.err;
-  std::ifstream in(out / "results.json");
-  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return outcome;
-}
-
-std::vector<std::string> Split(const std::string& name) {
-  std::vector<std::string> parts;
-  std::stringstream in(name);
-  for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
-  return parts;
-}
-
-// The value of the named argument `key` in a benchmark name ("pages" in ".../pages:64/...").
-long NamedArg(const std::string& name, const std::string& key) {
-  const std::size_t at = name.find("/" + key + ":");
-  return at == std::string::npos ? -1 : std::stol(name.substr(at + key.size() + 2));
-}
-
-// The iteration rows (one per repetition) whose name starts with `prefix`.
-std::vector<json> IterationRows(const json& results, const std::string& prefix) {
-  std::vector<json> rows;
-  if (results.is_discarded()) return rows;
-  for (const json& run : results["benchmarks"]) {
-    if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(prefix, 0) == 0) {
-      rows.push_back(run);
-    }
-  }
-  return rows;
-}
-
-bool Skipped(const json& row) { return row.value("error_occurred", false); }
-
-// A skip row names its reason after the prefix.
-void ExpectSkipWithReason(const json& row, const std::string& must_mention) {
-  const std::string message = row.value("error_message", "");
-  EXPECT_EQ(message.rfind("skipped: ", 0), 0u) << row["name"] << ": " << message;
-  EXPECT_GT(message.size(), std::string("skipped: ").size() + 10) << row["name"];
-  EXPECT_NE(message.find(must_mention), std::string::npos)
-      << row["name"] << ": expected '" << must_mention << "' in: " << message;
+  return RunAndReadResults({"run", "--quick", "--cpu", "0"}, args);
 }
 
 void ExpectVerifiedLabel(const json& row, const std::string& must_contain) {
@@ -97,19 +40,6 @@ void ExpectVerifiedLabel(const json& row, const std::string& must_contain) {
   EXPECT_EQ(label.rfind("premise=verified"), label.size() - std::string("premise=verified").size())
       << "the label must end premise=verified: " << label;
   EXPECT_NE(label.find(must_contain), std::string::npos) << label;
-}
-
-bool PageFaultsOpened(const json& results) {
-  if (results.is_discarded()) return false;
-  for (const json& name : results["context"]["faultlab"]["counters"]["opened"]) {
-    if (name == "page-faults") return true;
-  }
-  return false;
-}
-
-double Counter(const json& row, const std::string& name) {
-  EXPECT_TRUE(row.contains(name)) << row["name"] << " has no counter " << name;
-  return row.value(name, -1.0);
 }
 
 // The label's si_code=<name> and the si_code counter agree.
@@ -179,7 +109,7 @@ TEST(CliGuard, QuickRunVerifiesEveryRowOrSkipsItWithTheReason) {
   const RunOutcome outcome = RunQuick({"--suite", "guard"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
-  const bool page_faults = PageFaultsOpened(outcome.results);
+  const bool page_faults = CounterOpened(outcome.results, "page-faults");
   const std::optional<std::string> no_markers =
       faultlab::WhyUnavailable(faultlab::Feature::kGuardRegions);
 
@@ -198,8 +128,8 @@ TEST(CliGuard, QuickRunVerifiesEveryRowOrSkipsItWithTheReason) {
     if (Skipped(row)) {
       // Markers skip only on a kernel without them, with the probe's reason; the quick sizes
       // stay far under any default vm.max_map_count.
-      EXPECT_FALSE(mprotect) << name << ": " << row.value("error_message", "");
-      ASSERT_TRUE(no_markers.has_value()) << name << ": " << row.value("error_message", "");
+      EXPECT_FALSE(mprotect) << name << ": " << ErrorMessage(row);
+      ASSERT_TRUE(no_markers.has_value()) << name << ": " << ErrorMessage(row);
       ExpectSkipWithReason(row, *no_markers);
       continue;
     }
@@ -222,7 +152,7 @@ TEST(CliGuard, HugeZeroPageRowsReportRssOrSkipWithTheReason) {
       {"--suite", "fault", "--filter", "fault/(read_zeropage|write_after_zeropage)/thp/"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
-  const bool page_faults = PageFaultsOpened(outcome.results);
+  const bool page_faults = CounterOpened(outcome.results, "page-faults");
   const std::optional<std::string> no_thp = faultlab::WhyUnavailable(faultlab::Feature::kThp);
   const bool runs = !no_thp && UseZeroPage() == 1;
 
@@ -237,7 +167,7 @@ TEST(CliGuard, HugeZeroPageRowsReportRssOrSkipWithTheReason) {
         ExpectSkipWithReason(row, no_thp ? *no_thp : std::string("use_zero_page"));
         continue;
       }
-      ASSERT_FALSE(Skipped(row)) << row.value("error_message", "");
+      ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
       ExpectVerifiedLabel(row, "backing=thp ");
       // The huge zero page is mapped, not counted.
       EXPECT_EQ(Counter(row, "rss_kb_after_read"), 0);

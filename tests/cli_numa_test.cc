@@ -6,14 +6,9 @@
 //
 // These tests check behaviour, never time.
 
-#include <sched.h>
-
-#include <filesystem>
-#include <fstream>
+#include <algorithm>
 #include <map>
-#include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,57 +18,14 @@
 #include "bench/numa_probe.h"
 #include "tests/cli_support.h"
 
-namespace fs = std::filesystem;
-
 namespace {
 
 using nlohmann::json;
 using namespace faultlab::cli_test;
 
-struct RunOutcome {
-  int exit_code = -1;
-  std::string err;
-  json results;
-};
-
+// `faultlab run --quick --suite numa --out <scratch>/out` plus `args`.
 RunOutcome RunQuick(const std::vector<std::string>& args) {
-  ScratchDir scratch;
-  const fs::path out = scratch.path() / "out";
-  std::vector<std::string> all = {"run", "--quick", "--suite", "numa", "--out", out.string()};
-  all.insert(all.end(), args.begin(), args.end());
-  const Outcome run = Faultlab(all, scratch);
-  RunOutcome outcome;
-  outcome.exit_code = run.exit_code;
-  outcome.err = run.err;
-  std::ifstream in(out / "results.json");
-  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return outcome;
-}
-
-std::vector<json> IterationRows(const json& results) {
-  std::vector<json> rows;
-  if (results.is_discarded()) return rows;
-  for (const json& run : results["benchmarks"]) {
-    if (run["run_type"] == "iteration") rows.push_back(run);
-  }
-  return rows;
-}
-
-std::vector<std::string> Split(const std::string& name) {
-  std::vector<std::string> parts;
-  std::stringstream in(name);
-  for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
-  return parts;
-}
-
-long NamedArg(const std::string& name, const std::string& key) {
-  const std::size_t at = name.find("/" + key + ":");
-  return at == std::string::npos ? -1 : std::stol(name.substr(at + key.size() + 2));
-}
-
-double Counter(const json& row, const std::string& name) {
-  EXPECT_TRUE(row.contains(name)) << row["name"] << " has no counter " << name;
-  return row.value(name, -1.0);
+  return RunAndReadResults({"run", "--quick", "--suite", "numa"}, args);
 }
 
 // The nodes of the CPUs the run uses (no --cpu: every allowed CPU).
@@ -88,7 +40,7 @@ std::set<int> CpuNodesOfThisProcess() {
 // The reason a skip row must name, by what it is.
 void ExpectSkipNamesWhatIsMissing(const json& row, std::size_t memory_nodes) {
   const std::string name = row["name"];
-  const std::string message = row.value("error_message", "");
+  const std::string message = ErrorMessage(row);
   SCOPED_TRACE(name + ": " + message);
   ASSERT_EQ(message.rfind("skipped: ", 0), 0u) << "a failed row, not a skip";
   const std::vector<std::string> parts = Split(name);
@@ -197,7 +149,7 @@ TEST(CliNuma, QuickRunVerifiesEveryRowOrSkipsItWithTheReason) {
     ASSERT_GE(parts.size(), 4u) << name;
     ASSERT_EQ(parts[0], "numa") << name;
     per_case[parts[1] == "policy" ? "policy/" + parts[2] : parts[1]]++;
-    if (row.value("error_occurred", false)) {
+    if (Skipped(row)) {
       ExpectSkipNamesWhatIsMissing(row, m);
     } else {
       ExpectRanVerified(row, m);
@@ -249,8 +201,7 @@ TEST(CliNuma, HugetlbRowsRunWithReservedPages) {
   const std::vector<json> rows = IterationRows(outcome.results);
   EXPECT_EQ(rows.size(), 3u * 3 * CpuNodesOfThisProcess().size());
   for (const json& row : rows) {
-    ASSERT_FALSE(row.value("error_occurred", false))
-        << row["name"] << ": " << row.value("error_message", "");
+    ASSERT_FALSE(Skipped(row)) << row["name"] << ": " << ErrorMessage(row);
     ExpectRanVerified(row, memory.size());
   }
 }

@@ -1,7 +1,10 @@
-// What the CLI tests share: a scratch directory, reading a file whole, and running the faultlab
-// binary (FAULTLAB_BINARY, set by tests/CMakeLists.txt) with its output captured.
+// What the CLI tests share: a scratch directory, reading a file whole, running the faultlab
+// binary (FAULTLAB_BINARY, set by tests/CMakeLists.txt) with its output captured, and reading
+// the results.json a run writes: its iteration rows, their names' parts and counters, and the
+// skip rows' reasons.
 #pragma once
 
+#include <sched.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -10,6 +13,9 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace faultlab::cli_test {
 
@@ -59,11 +65,120 @@ inline Outcome Faultlab(const std::vector<std::string>& args, const ScratchDir& 
   return outcome;
 }
 
+// The number at the start of the file at `path` (a sysfs or procfs setting), or -1.
 inline long ReadLong(const std::string& path) {
   std::ifstream in(path);
   long value = -1;
   in >> value;
   return value;
+}
+
+// The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.
+inline std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+// The results.json in the directory `out`, or a discarded value when there is none (or it is
+// not JSON).
+inline nlohmann::json ReadResults(const fs::path& out) {
+  std::ifstream in(out / "results.json");
+  return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+}
+
+// What a `faultlab run` left: its exit code, its stderr and its results.
+struct RunOutcome {
+  int exit_code = -1;
+  std::string err;
+  nlohmann::json results;  // results.json, or discarded when the run wrote none
+};
+
+// Runs `faultlab <args> --out <scratch>/out <more>` in a scratch directory of its own (removed
+// after) and returns what it left.
+inline RunOutcome RunAndReadResults(const std::vector<std::string>& args,
+                                    const std::vector<std::string>& more) {
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "out";
+  std::vector<std::string> all = args;
+  all.push_back("--out");
+  all.push_back(out.string());
+  all.insert(all.end(), more.begin(), more.end());
+  const Outcome run = Faultlab(all, scratch);
+  RunOutcome outcome;
+  outcome.exit_code = run.exit_code;
+  outcome.err = run.err;
+  outcome.results = ReadResults(out);
+  return outcome;
+}
+
+// The iteration rows (one per repetition) of `results` whose name starts with `prefix` (all of
+// them when it is empty); none when the run wrote no results.
+inline std::vector<nlohmann::json> IterationRows(const nlohmann::json& results,
+                                                 const std::string& prefix = "") {
+  std::vector<nlohmann::json> rows;
+  if (results.is_discarded()) return rows;
+  for (const nlohmann::json& run : results["benchmarks"]) {
+    if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(prefix, 0) == 0) {
+      rows.push_back(run);
+    }
+  }
+  return rows;
+}
+
+// The parts of a benchmark name between its slashes ("fault", "write", "anon4k", ...).
+inline std::vector<std::string> Split(const std::string& name) {
+  std::vector<std::string> parts;
+  std::stringstream in(name);
+  for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
+  return parts;
+}
+
+// The value of the named argument `key` in a benchmark name ("pages" in ".../pages:64/..."), or
+// -1 when the name has none.
+inline long NamedArg(const std::string& name, const std::string& key) {
+  const std::size_t at = name.find("/" + key + ":");
+  return at == std::string::npos ? -1 : std::stol(name.substr(at + key.size() + 2));
+}
+
+// The row's counter `name`; a failure, and -1, when the row has no such counter.
+inline double Counter(const nlohmann::json& row, const std::string& name) {
+  EXPECT_TRUE(row.contains(name)) << row["name"] << " has no counter " << name;
+  return row.value(name, -1.0);
+}
+
+// Whether the row measured nothing (Google Benchmark's error_occurred): a skip row, or a row
+// whose premise failed.
+inline bool Skipped(const nlohmann::json& row) { return row.value("error_occurred", false); }
+
+// Why the row measured nothing ("skipped: <reason>" for a skip row); empty for a row that ran.
+inline std::string ErrorMessage(const nlohmann::json& row) {
+  return row.value("error_message", "");
+}
+
+// Expects the row to be a skip row that names its reason after the prefix, and that the reason
+// mentions `must_mention`.
+inline void ExpectSkipWithReason(const nlohmann::json& row, const std::string& must_mention) {
+  const std::string message = ErrorMessage(row);
+  EXPECT_EQ(message.rfind("skipped: ", 0), 0u) << row["name"] << ": " << message;
+  EXPECT_GT(message.size(), std::string("skipped: ").size() + 10) << row["name"];
+  EXPECT_NE(message.find(must_mention), std::string::npos)
+      << row["name"] << ": expected '" << must_mention << "' in: " << message;
+}
+
+// Whether the run opened the perf counter `counter` (its rows then carry it); false when the
+// run wrote no results.
+inline bool CounterOpened(const nlohmann::json& results, const std::string& counter) {
+  if (results.is_discarded()) return false;
+  for (const nlohmann::json& name : results["context"]["faultlab"]["counters"]["opened"]) {
+    if (name == counter) return true;
+  }
+  return false;
 }
 
 }  // namespace faultlab::cli_test

@@ -2,7 +2,6 @@
 // hold, pinning, skipped rows, hugetlb pools restored and nothing left when a run is killed, and
 // the restore command.
 
-#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,18 +30,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using namespace faultlab::cli_test;
-
-// The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.
-std::vector<int> AllowedCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-  }
-  return cpus;
-}
 
 // The pids of processes whose command line contains `needle`.
 std::vector<int> ProcessesWith(const std::string& needle) {
@@ -145,8 +132,7 @@ class RunOutput : public testing::Test {
                                      filter, "--cpu", std::to_string(cpu_), "--out",
                                      (scratch_->path() / "out").string()},
                                     *scratch_));
-    std::ifstream in(scratch_->path() / "out" / "results.json");
-    results_ = new nlohmann::json(nlohmann::json::parse(in, nullptr, false));
+    results_ = new nlohmann::json(ReadResults(scratch_->path() / "out"));
   }
   static void TearDownTestSuite() {
     delete results_;
@@ -241,8 +227,7 @@ TEST_F(RunOutput, CountersCrossCheckOnePageFaultPerFault) {
 TEST_F(RunOutput, ASuiteNamedTwiceRunsOnce) {
   ASSERT_FALSE(results_->is_discarded());
   std::map<std::pair<std::string, int>, int> seen;
-  for (const auto& run : (*results_)["benchmarks"]) {
-    if (run["run_type"] != "iteration") continue;
+  for (const auto& run : IterationRows(*results_)) {
     ++seen[{run["name"].get<std::string>(), run.value("repetition_index", 0)}];
   }
   EXPECT_FALSE(seen.empty());
@@ -283,14 +268,12 @@ TEST(Cli, TwoWorkersEachPassTheirPremise) {
                                     "--out", out.string()},
                                    scratch);
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
-  std::ifstream in(out / "results.json");
-  const nlohmann::json results = nlohmann::json::parse(in, nullptr, false);
+  const nlohmann::json results = ReadResults(out);
   ASSERT_FALSE(results.is_discarded());
   int rows = 0;
-  for (const auto& run : results["benchmarks"]) {
-    if (run["run_type"] != "iteration") continue;
+  for (const auto& run : IterationRows(results)) {
     ++rows;
-    EXPECT_FALSE(run.value("error_occurred", false)) << run["name"] << ": " << run.value("error_message", "");
+    EXPECT_FALSE(Skipped(run)) << run["name"] << ": " << ErrorMessage(run);
     EXPECT_EQ(run.value("workers", 0.0), 2.0) << run["name"];
     EXPECT_NE(run.value("label", "").find("cpus=" + cpus + " "), std::string::npos)
         << run["label"];

@@ -8,12 +8,9 @@
 // uffd/<case>/<memory>/handler:<mode>/pages:N/iterations:I/repeats:R/manual_time.
 
 #include <linux/userfaultfd.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -24,8 +21,6 @@
 #include "tests/cli_support.h"
 #include "topology/hugetlb.h"
 
-namespace fs = std::filesystem;
-
 namespace {
 
 using nlohmann::json;
@@ -34,36 +29,9 @@ using namespace faultlab::cli_test;
 
 constexpr int kRounds = 8;  // the suite's measured rounds per repetition
 
-struct UffdOutcome {
-  int exit_code = -1;
-  std::string err;
-  json results;  // results.json, or discarded when the run wrote none
-};
-
-UffdOutcome RunUffd(const std::vector<std::string>& extra) {
-  ScratchDir scratch;
-  const fs::path out = scratch.path() / "out";
-  std::vector<std::string> args = {"run", "--quick", "--suite", "uffd", "--out", out.string()};
-  args.insert(args.end(), extra.begin(), extra.end());
-  const Outcome run = Faultlab(args, scratch);
-  UffdOutcome outcome;
-  outcome.exit_code = run.exit_code;
-  outcome.err = run.err;
-  std::ifstream in(out / "results.json");
-  outcome.results = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return outcome;
-}
-
-// The CPUs this process may run on.
-std::vector<int> AllowedCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-  }
-  return cpus;
+// `faultlab run --quick --suite uffd --out <scratch>/out` plus `extra`.
+RunOutcome RunUffd(const std::vector<std::string>& extra) {
+  return RunAndReadResults({"run", "--quick", "--suite", "uffd"}, extra);
 }
 
 // --cpu with two CPUs where there are two, so other_cpu runs; else one.
@@ -71,27 +39,6 @@ std::string CpuFlag() {
   const std::vector<int> cpus = AllowedCpus();
   return cpus.size() >= 2 ? std::to_string(cpus[0]) + "," + std::to_string(cpus[1])
                           : std::to_string(cpus.at(0));
-}
-
-std::vector<json> IterationRows(const json& results, const std::string& prefix) {
-  std::vector<json> rows;
-  if (results.is_discarded()) return rows;
-  for (const json& run : results["benchmarks"]) {
-    if (run["run_type"] == "iteration" && run["name"].get<std::string>().rfind(prefix, 0) == 0) {
-      rows.push_back(run);
-    }
-  }
-  return rows;
-}
-
-bool Skipped(const json& row) { return row.value("error_occurred", false); }
-std::string Message(const json& row) { return row.value("error_message", ""); }
-
-bool Opened(const json& results, const std::string& counter) {
-  for (const json& name : results["context"]["faultlab"]["counters"]["opened"]) {
-    if (name == counter) return true;
-  }
-  return false;
 }
 
 // One benchmark of the suite, as the test expects it.
@@ -141,21 +88,13 @@ unsigned long long FeaturesNeeded(const Row& row) {
   return needed;
 }
 
-void ExpectSkipMentions(const json& row, const std::string& must_mention) {
-  const std::string message = Message(row);
-  EXPECT_EQ(message.rfind("skipped: ", 0), 0u) << row["name"] << ": " << message;
-  EXPECT_GT(message.size(), std::string("skipped: ").size() + 10) << row["name"];
-  EXPECT_NE(message.find(must_mention), std::string::npos)
-      << row["name"] << ": expected '" << must_mention << "' in: " << message;
-}
-
 // What a row that ran must show: its premise verified on the memory and mode its name says, and
 // the figures the suite promises. The faulting thread sleeps on every fault when its handler
 // shares its CPU (a context switch each), and never in sigbus mode, where it answers its own
 // fault.
 void ExpectVerified(const json& results, const json& row, const Row& expected) {
   SCOPED_TRACE(row["name"].get<std::string>());
-  ASSERT_FALSE(Skipped(row)) << Message(row);
+  ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
   const std::string label = row.value("label", "");
   EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
   EXPECT_NE(label.find("memory=" + expected.memory + " handler=" + expected.mode + " "),
@@ -212,10 +151,10 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
               expected.memory == "anon4k")
         << label;
   }
-  if (Opened(results, "page-faults")) {
+  if (CounterOpened(results, "page-faults")) {
     EXPECT_GE(row.value("page-faults", 0.0), 0.99);
   }
-  if (Opened(results, "context-switches")) {
+  if (CounterOpened(results, "context-switches")) {
     if (expected.mode == "same_cpu") {
       EXPECT_GE(row.value("context-switches", 0.0), 0.99);
     } else if (thread) {
@@ -233,7 +172,7 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
 TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
   const long hugetlb_free_before = faultlab::FreeHugetlbPages(faultlab::kPage2M);
   const bool two_cpus = AllowedCpus().size() >= 2;
-  const UffdOutcome outcome = RunUffd({"--cpu", CpuFlag()});
+  const RunOutcome outcome = RunUffd({"--cpu", CpuFlag()});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   ASSERT_FALSE(outcome.results.is_discarded()) << outcome.err;
   const faultlab::UffdApi api = faultlab::ProbeUffdApi();
@@ -245,18 +184,18 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
       SCOPED_TRACE(row["name"].get<std::string>());
       const bool hugetlb = expected.memory == "hugetlb2m";
       if (!api.error.empty()) {
-        ExpectSkipMentions(row, "userfaultfd");
+        ExpectSkipWithReason(row, "userfaultfd");
       } else if (expected.mode == "other_cpu" && !two_cpus) {
-        ExpectSkipMentions(row, "needs 2 CPUs");
+        ExpectSkipWithReason(row, "needs 2 CPUs");
       } else if (hugetlb && faultlab::WhyUnavailable(faultlab::Feature::kHugetlb2M)) {
-        ExpectSkipMentions(row, "hugetlb");
+        ExpectSkipWithReason(row, "hugetlb");
       } else if (hugetlb && hugetlb_free_before < 8) {
-        ExpectSkipMentions(row, "--reserve-hugepages 2M:8");
+        ExpectSkipWithReason(row, "--reserve-hugepages 2M:8");
       } else if (FeaturesNeeded(expected) & ~api.features) {
-        ExpectSkipMentions(row, "not supported by this kernel");
+        ExpectSkipWithReason(row, "not supported by this kernel");
       } else if (expected.c == "missing_zeropage" && Skipped(row)) {
         // The kernel decides where a zero page may answer a missing fault (not on hugetlb).
-        ExpectSkipMentions(row, "UFFDIO_ZEROPAGE");
+        ExpectSkipWithReason(row, "UFFDIO_ZEROPAGE");
       } else {
         ExpectVerified(outcome.results, row, expected);
         ++verified;
@@ -273,10 +212,10 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
     for (const json& row : rows) {
       SCOPED_TRACE(row["name"].get<std::string>());
       if (std::string(mode) == "other_cpu" && !two_cpus) {
-        ExpectSkipMentions(row, "needs 2 CPUs");
+        ExpectSkipWithReason(row, "needs 2 CPUs");
         continue;
       }
-      ASSERT_FALSE(Skipped(row)) << Message(row);
+      ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
       EXPECT_NE(row.value("label", "").find("handler=" + std::string(mode) + " "),
                 std::string::npos);
       EXPECT_NE(row.value("label", "").find("premise=verified"), std::string::npos);
@@ -290,11 +229,11 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
   for (const json& row : poison) {
     SCOPED_TRACE(row["name"].get<std::string>());
     if (!api.error.empty()) {
-      ExpectSkipMentions(row, "userfaultfd");
+      ExpectSkipWithReason(row, "userfaultfd");
     } else if (!(api.features & (1ull << 14))) {  // UFFD_FEATURE_POISON
-      ExpectSkipMentions(row, "UFFD_FEATURE_POISON");
+      ExpectSkipWithReason(row, "UFFD_FEATURE_POISON");
     } else {
-      ASSERT_FALSE(Skipped(row)) << Message(row);
+      ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
       const std::string label = row.value("label", "");
       EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
       EXPECT_NE(label.find("si_code=BUS_"), std::string::npos) << label;
@@ -313,11 +252,11 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
     for (const json& row : async) {
       SCOPED_TRACE(row["name"].get<std::string>());
       if (!api.error.empty()) {
-        ExpectSkipMentions(row, "userfaultfd");
+        ExpectSkipWithReason(row, "userfaultfd");
       } else if (!(api.features & (1ull << 15))) {  // UFFD_FEATURE_WP_ASYNC
-        ExpectSkipMentions(row, "UFFD_FEATURE_WP_ASYNC");
+        ExpectSkipWithReason(row, "UFFD_FEATURE_WP_ASYNC");
       } else {
-        ASSERT_FALSE(Skipped(row)) << Message(row);
+        ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
         const std::string label = row.value("label", "");
         EXPECT_NE(label.find("memory=" + std::string(memory) + " "), std::string::npos) << label;
         EXPECT_NE(label.find("premise=verified"), std::string::npos) << label;
@@ -332,17 +271,17 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
 }
 
 TEST(CliUffd, OtherCpuWithOneCpuIsASkipSayingSo) {
-  const UffdOutcome outcome =
+  const RunOutcome outcome =
       RunUffd({"--cpu", std::to_string(AllowedCpus().at(0)), "--filter", "handler:other_cpu"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<json> rows = IterationRows(outcome.results, "uffd/");
   ASSERT_EQ(rows.size(), 3u * (17 + 1)) << "17 cases and the floor, 3 repetitions each";
   for (const json& row : rows) {
     SCOPED_TRACE(row["name"].get<std::string>());
-    const std::string message = Message(row);
+    const std::string message = ErrorMessage(row);
     // A hugetlb row without a pool may say that first; every other row names the CPUs.
     if (message.find("hugetlb") != std::string::npos) continue;
-    ExpectSkipMentions(row, "handler:other_cpu needs 2 CPUs in the run, --cpu gave 1");
+    ExpectSkipWithReason(row, "handler:other_cpu needs 2 CPUs in the run, --cpu gave 1");
   }
 }
 
@@ -356,7 +295,7 @@ TEST(CliUffd, HugetlbRowsRunWithAReservedPoolAndThePoolIsRestored) {
   const std::string pool = "/proc/sys/vm/nr_hugepages";
   const long before = ReadLong(pool);
   const bool two_cpus = AllowedCpus().size() >= 2;
-  const UffdOutcome outcome =
+  const RunOutcome outcome =
       RunUffd({"--cpu", CpuFlag(), "--filter", "/hugetlb2m/", "--reserve-hugepages", "2M:8"});
   EXPECT_EQ(ReadLong(pool), before) << "the run left the pool changed";
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
@@ -368,14 +307,14 @@ TEST(CliUffd, HugetlbRowsRunWithAReservedPoolAndThePoolIsRestored) {
     for (const json& row : rows) {
       SCOPED_TRACE(row["name"].get<std::string>());
       if (expected.mode == "other_cpu" && !two_cpus) {
-        ExpectSkipMentions(row, "needs 2 CPUs");
+        ExpectSkipWithReason(row, "needs 2 CPUs");
       } else if (FeaturesNeeded(expected) & ~api.features) {
-        ExpectSkipMentions(row, "not supported by this kernel");
+        ExpectSkipWithReason(row, "not supported by this kernel");
       } else if (expected.c == "missing_zeropage") {
         // Linux answers UFFDIO_ZEROPAGE on hugetlbfs with EINVAL; the row says so, or runs on a
         // kernel that learnt it.
         if (Skipped(row)) {
-          ExpectSkipMentions(row, "UFFDIO_ZEROPAGE: EINVAL");
+          ExpectSkipWithReason(row, "UFFDIO_ZEROPAGE: EINVAL");
         } else {
           ExpectVerified(outcome.results, row, expected);
         }
