@@ -68,6 +68,7 @@
 #include <benchmark/benchmark.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
@@ -548,11 +549,7 @@ void Finish(benchmark::State& state, Measurement& m, const std::string& label) {
   state.SetIterationTime(m.seconds);
 }
 
-std::string NodesText(const std::vector<int>& nodes) {
-  std::string out;
-  for (int n : nodes) out += (out.empty() ? "" : ",") + std::to_string(n);
-  return out;
-}
+std::string NodesText(const std::vector<int>& nodes) { return absl::StrJoin(nodes, ","); }
 
 // --- Migration -----------------------------------------------------------------------------
 
