@@ -42,28 +42,8 @@
 #include "absl/strings/strip.h"
 #include "bench/kernel_features.h"
 #include "bench/suite.h"
+#include "bench/uffd_uapi.h"
 #include "build_info.h"
-
-// Feature bits newer than the kernel headers Debian Bookworm ships (6.1); values from
-// include/uapi/linux/userfaultfd.h.
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
-#ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON (1 << 14)
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
-#ifndef UFFD_FEATURE_MOVE
-#define UFFD_FEATURE_MOVE (1 << 16)
-#endif
-#ifndef _UFFDIO_MOVE
-#define _UFFDIO_MOVE (0x05)
-#endif
-#ifndef _UFFDIO_POISON
-#define _UFFDIO_POISON (0x08)
-#endif
 
 namespace faultlab {
 namespace {

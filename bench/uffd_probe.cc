@@ -30,29 +30,6 @@
 #include "bench/tsc_clock.h"
 #include "topology/hugetlb.h"
 
-// Newer than the kernel headers Debian Bookworm ships (6.1); values from include/uapi (6.8+).
-#ifndef _UFFDIO_MOVE
-#define _UFFDIO_MOVE (0x05)
-#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
-struct uffdio_move {
-  __u64 dst;
-  __u64 src;
-  __u64 len;
-  __u64 mode;
-  __s64 move;
-};
-#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
-#endif
-#ifndef _UFFDIO_POISON
-#define _UFFDIO_POISON (0x08)
-#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
-struct uffdio_poison {
-  struct uffdio_range range;
-  __u64 mode;
-  __s64 updated;
-};
-#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
-#endif
 
 // PAGEMAP_SCAN, newer than the headers too: include/uapi/linux/fs.h (6.7+).
 #ifndef PAGEMAP_SCAN
@@ -82,7 +59,6 @@ struct pm_scan_arg {
 #endif
 
 namespace faultlab {
-static_assert(_UFFDIO_MOVE == kUffdioMoveBit && _UFFDIO_POISON == kUffdioPoisonBit);
 namespace {
 
 // "call: ENOMEM" for the errno the call just left.

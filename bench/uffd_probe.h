@@ -11,35 +11,17 @@
 // before the UffdRegion they serve (declare region, descriptor, handler in that order).
 #pragma once
 
-#include <linux/userfaultfd.h>
-
-// Feature bits newer than the uapi headers Debian Bookworm ships (6.1); values from 6.18's.
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
-#ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON (1 << 14)
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
-#ifndef UFFD_FEATURE_MOVE
-#define UFFD_FEATURE_MOVE (1 << 16)
-#endif
-
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "bench/uffd_uapi.h"  // the uapi newer than the system headers
+
 namespace faultlab {
 
 struct CounterTotals;  // harness.h
-
-// Bits _UFFDIO_X of UFFDIO_REGISTER's `ioctls` for ioctls newer than the uapi headers (6.8+).
-constexpr int kUffdioMoveBit = 0x05;
-constexpr int kUffdioPoisonBit = 0x08;
 
 // The memory a uffd case registers.
 enum class UffdMemory { kAnon4K, kShmem, kHugetlb2M };

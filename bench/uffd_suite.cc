@@ -247,7 +247,7 @@ int IoctlBit(Case c) {
     case Case::kMissingCopy: return _UFFDIO_COPY;
     case Case::kMissingZeropage: return _UFFDIO_ZEROPAGE;
     case Case::kMinorContinue: return _UFFDIO_CONTINUE;
-    case Case::kMove: return kUffdioMoveBit;
+    case Case::kMove: return _UFFDIO_MOVE;
     case Case::kWp:
     case Case::kWpMarker:
     case Case::kWpUnpopulated:
@@ -1009,7 +1009,7 @@ std::string PoisonRounds(std::size_t pages, PoisonMeasurement* m) {
     m->skip = e + " registering anon4k";
     return {};
   }
-  if (!(ioctls & (uint64_t{1} << kUffdioPoisonBit))) {
+  if (!(ioctls & (uint64_t{1} << _UFFDIO_POISON))) {
     m->skip = absl::StrCat("UFFDIO_POISON is not among the ioctls UFFDIO_REGISTER allows on "
                            "anon4k (0x", absl::Hex(ioctls), ")");
     return {};

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/kernel_features.h"
+#include "bench/uffd_uapi.h"
 #include "tests/cli_support.h"
 #include "topology/hugetlb.h"
 
@@ -76,15 +77,15 @@ unsigned long long FeaturesNeeded(const Row& row) {
   const bool shmem = row.memory == "shmem", hugetlb = row.memory == "hugetlb2m";
   if (row.c.rfind("wp", 0) == 0) {
     needed |= UFFD_FEATURE_PAGEFAULT_FLAG_WP | (shmem || hugetlb ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
-    // Anonymous none entries take markers only when asked (bit 13 in 6.18's uapi).
-    if (row.c == "wp_unpopulated" && !shmem && !hugetlb) needed |= 1ull << 13;
+    // Anonymous none entries take markers only when asked.
+    if (row.c == "wp_unpopulated" && !shmem && !hugetlb) needed |= UFFD_FEATURE_WP_UNPOPULATED;
   } else {
     needed |= shmem ? UFFD_FEATURE_MISSING_SHMEM : hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : 0;
   }
   if (row.c == "minor_continue") {
     needed |= shmem ? UFFD_FEATURE_MINOR_SHMEM : UFFD_FEATURE_MINOR_HUGETLBFS;
   }
-  if (row.c == "move") needed |= 1ull << 16;  // UFFD_FEATURE_MOVE, newer than these headers
+  if (row.c == "move") needed |= UFFD_FEATURE_MOVE;
   return needed;
 }
 
@@ -230,7 +231,7 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
     SCOPED_TRACE(row["name"].get<std::string>());
     if (!api.error.empty()) {
       ExpectSkipWithReason(row, "userfaultfd");
-    } else if (!(api.features & (1ull << 14))) {  // UFFD_FEATURE_POISON
+    } else if (!(api.features & UFFD_FEATURE_POISON)) {
       ExpectSkipWithReason(row, "UFFD_FEATURE_POISON");
     } else {
       ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
@@ -253,7 +254,7 @@ TEST(CliUffd, QuickRunVerifiesEachCaseOrSkipsItWithTheReason) {
       SCOPED_TRACE(row["name"].get<std::string>());
       if (!api.error.empty()) {
         ExpectSkipWithReason(row, "userfaultfd");
-      } else if (!(api.features & (1ull << 15))) {  // UFFD_FEATURE_WP_ASYNC
+      } else if (!(api.features & UFFD_FEATURE_WP_ASYNC)) {
         ExpectSkipWithReason(row, "UFFD_FEATURE_WP_ASYNC");
       } else {
         ASSERT_FALSE(Skipped(row)) << ErrorMessage(row);
