@@ -134,6 +134,11 @@ void ExpectVerified(const json& results, const json& row, const Row& expected) {
   } else {
     EXPECT_FALSE(row.contains("continue_vs_copy"));
   }
+  // A write after UFFDIO_ZEROPAGE: a fault copying the zero page on anon4k, none on shmem.
+  EXPECT_EQ(row.contains("write_after_ns"), expected.c == "missing_zeropage");
+  if (expected.c == "missing_zeropage") {
+    EXPECT_GT(row.value("write_after_ns", 0.0), 0);
+  }
   EXPECT_EQ(row.contains("move_vs_copy"), expected.c == "move");
   if (expected.c == "move") {
     EXPECT_GT(row.value("move_vs_copy", 0.0), 0);

@@ -191,6 +191,13 @@ class ReportUffdTest(unittest.TestCase):
         trap = statistics.fmean(row["trap_ns"] for row in rows)
         self.assertIn(f"anon4k: a read fault mapping the zero page takes {trap:.0f} ns", summary)
 
+    def test_a_write_after_zeropage_is_reported_where_the_row_measured_it(self):
+        document = load_fixture()
+        self.assertNotIn("a write to the page afterwards", flat(self.report(document)))
+        for row in one(document, "uffd/missing_zeropage/anon4k/handler:same_cpu/"):
+            row["write_after_ns"] = 2750.0
+        self.assertIn("a write to the page afterwards 2.75 µs", flat(self.report(document)))
+
     def test_marker_round_trip_is_set_against_the_none_entry_of_the_same_run(self):
         document = load_fixture()
         summary = flat(self.report(document))

@@ -256,9 +256,13 @@ def zeropage_lines(found):
             if bench and trap is not None:
                 parts.append(f"{mode} {times(median_round_trip(bench) / trap)}")
         if parts:
-            lines.append(f"  {memory}: a read fault mapping the zero page takes "
-                         f"{format_ns(trap.value)}; the round trip takes " + ", ".join(parts) +
-                         " that.")
+            text = (f"  {memory}: a read fault mapping the zero page takes "
+                    f"{format_ns(trap.value)}; the round trip takes " + ", ".join(parts) + " that")
+            after = found.get(("missing_zeropage", memory, "same_cpu"))
+            write_after = after.measure("write_after_ns") if after else None
+            if write_after is not None:
+                text += f"; a write to the page afterwards {format_ns(write_after.value)}"
+            lines.append(text + ".")
     return titled("UFFDIO_ZEROPAGE round trip against a read fault that maps the zero page without "
                   "userfaultfd (same run):", lines)
 
