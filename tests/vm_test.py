@@ -21,10 +21,12 @@ NUMA_VM = os.path.join(HERE, "..", "scripts", "numa-vm")
 SKIP = 77
 # A boot takes seconds alone; CI may run it beside other tests on two cores.
 GUEST_TIMEOUT = "300"
-# The numa suite's 4 KiB rows: every placement (matrix cells, policies) and every way of moving
-# pages, for each pair of nodes. The latency and bandwidth chases over 128 MiB and the huge
+# The numa suite's 4 KiB rows: every placement (matrix cells, policies) and moves by move_pages
+# and mbind, for each pair of nodes. The latency and bandwidth chases over 128 MiB and the huge
 # backings add minutes under emulation and no code path the guest has not shown in these.
-NUMA_FILTER = "numa/(first_touch|policy/[a-z_]+|move_pages|mbind_move|migrate_pages)/anon4k/"
+# migrate_pages is left out: in one of three runs the guest's 6.1 kernel soft-locked inside it
+# (CPU stuck for minutes under TCG), which would hang CI; README says so.
+NUMA_FILTER = "numa/(first_touch|policy/[a-z_]+|move_pages|mbind_move)/anon4k/"
 NUMA_TIMEOUT = "1200"
 
 
@@ -163,7 +165,7 @@ class Guest(unittest.TestCase):
         moves = [row for row in rows if row["run_name"].startswith(
             ("numa/move_pages/", "numa/mbind_move/", "numa/migrate_pages/"))]
         kinds = {row["run_name"].split("/")[1] for row in moves}
-        self.assertEqual(kinds, {"move_pages", "mbind_move", "migrate_pages"})
+        self.assertEqual(kinds, {"move_pages", "mbind_move"})
         self.assertIn(2, {named(row, "to") for row in moves} | {named(row, "from") for row in moves})
         for row in moves:
             self.assertIn("data=verified", row["label"], row["name"])
