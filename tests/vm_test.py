@@ -24,9 +24,11 @@ GUEST_TIMEOUT = "300"
 # The numa suite's 4 KiB rows: every placement (matrix cells, policies) and moves by move_pages
 # and mbind, for each pair of nodes. The latency and bandwidth chases over 128 MiB and the huge
 # backings add minutes under emulation and no code path the guest has not shown in these.
-# migrate_pages is left out: in one of three runs the guest's 6.1 kernel soft-locked inside it
-# (CPU stuck for minutes under TCG), which would hang CI; README says so.
+# Opt-in (FAULTLAB_VM_NUMA=1), not in CI: in two of five runs here the guest's 6.1 kernel
+# soft-locked inside a migration under TCG ("CPU#1 stuck for 400s", once in migrate_pages, once
+# in move_pages), which would hang CI until that is understood; README says so.
 NUMA_FILTER = "numa/(first_touch|policy/[a-z_]+|move_pages|mbind_move)/anon4k/"
+NUMA_OPT_IN = "FAULTLAB_VM_NUMA"
 NUMA_TIMEOUT = "1200"
 
 
@@ -124,6 +126,9 @@ class Guest(unittest.TestCase):
         self.assertFalse(os.path.exists(out))
 
 
+    @unittest.skipUnless(os.environ.get(NUMA_OPT_IN) == "1",
+                         f"opt-in ({NUMA_OPT_IN}=1): the guest's kernel soft-locked in a "
+                         "migration in two of five runs under emulation")
     def test_numa_suite_moves_pages_between_the_nodes_and_keeps_the_data(self):
         out = os.path.join(self.scratch, "out")
         result = numa_vm("--out", out, "--timeout", NUMA_TIMEOUT, "--", "run", "--quick",
