@@ -162,23 +162,12 @@ struct Measurement {
 // the skip with its reason.
 void Report(benchmark::State& state, const BackingKind& kind, const std::string& cpus,
             Measurement m) {
-  if (!m.error.empty()) {
-    Skip(state, m.error);
-    for (auto _ : state) {
-    }
-    return;
-  }
-  double seconds = 0;
-  for (double ns : m.samples_ns) seconds += ns * 1e-9;
+  if (SkippedOrFailed(state, m.error, "")) return;
   const double samples = static_cast<double>(m.samples_ns.size());
-  LatencySummary summary = Summarize(m.samples_ns);
-  ReportLatency(state, summary);
   ReportPerEvent(state, m.totals, samples);
   for (const auto& [name, value] : m.figures) state.counters[name] = value;
-  state.SetLabel("backing=" + std::string(kind.name) + " cpus=" + cpus + " premise=verified");
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
+  ReportSamples(state, m.samples_ns,
+                "backing=" + std::string(kind.name) + " cpus=" + cpus + " premise=verified");
 }
 
 // The COW-PTE series (never merged) turns page-table sharing on for a process with a prctl whose

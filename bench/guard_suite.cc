@@ -314,24 +314,12 @@ void RunGuardCase(benchmark::State& state, const GuardCase& c) {
     m = c.what == What::kFault ? MeasureFault(c.method, layout, rounds)
                                : MeasureInstallRemove(c.method, c.what, layout, rounds);
   }
-  if (!m.error.empty()) {
-    Skip(state, m.error);
-    for (auto _ : state) {
-    }
-    return;
-  }
-  double seconds = 0;
-  for (double ns : m.samples_ns) seconds += ns * 1e-9;
-  const double samples = static_cast<double>(m.samples_ns.size());
-  LatencySummary summary = Summarize(m.samples_ns);
-  ReportLatency(state, summary);
-  ReportPerEvent(state, m.totals, samples);
+  if (SkippedOrFailed(state, m.error, "")) return;
+  ReportPerEvent(state, m.totals, static_cast<double>(m.samples_ns.size()));
   for (const auto& [name, value] : m.figures) state.counters[name] = value;
-  state.SetLabel("backing=anon4k method=" + std::string(MethodName(c.method)) +
-                 " cpus=" + std::to_string(cpu) + " " + m.label + " premise=verified");
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
+  ReportSamples(state, m.samples_ns,
+                "backing=anon4k method=" + std::string(MethodName(c.method)) +
+                    " cpus=" + std::to_string(cpu) + " " + m.label + " premise=verified");
 }
 
 // Guard pages per pattern: one (a thread stack's), then spread patterns. Full runs go to 4096

@@ -118,4 +118,28 @@ void Skip(benchmark::State& state, const std::string& reason) {
   state.SkipWithError(("skipped: " + reason).c_str());
 }
 
+bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std::string& error) {
+  if (skip.empty() && error.empty()) return false;
+  if (!skip.empty()) {
+    Skip(state, skip);
+  } else {
+    state.SkipWithError(error.c_str());
+  }
+  for (auto _ : state) {
+  }
+  return true;
+}
+
+LatencySummary ReportSamples(benchmark::State& state, std::vector<double>& samples_ns,
+                             const std::string& label, std::optional<double> seconds) {
+  if (!seconds) seconds = std::accumulate(samples_ns.begin(), samples_ns.end(), 0.0) * 1e-9;
+  const LatencySummary summary = Summarize(samples_ns);
+  ReportLatency(state, summary);
+  state.SetLabel(label);
+  for (auto _ : state) {
+  }
+  state.SetIterationTime(*seconds);
+  return summary;
+}
+
 }  // namespace faultlab

@@ -114,4 +114,17 @@ void ReportPerEvent(benchmark::State& state, const CounterTotals& totals, double
 // a skip (a missing feature, page size, node or privilege) from a failure.
 void Skip(benchmark::State& state, const std::string& reason);
 
+// The end of a row that did not run: `skip` reported through Skip, else `error` as a failure (a
+// premise or data check that failed), and the benchmark's loop drained. Returns false, doing
+// nothing, when both are empty: the row goes on to report.
+bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std::string& error);
+
+// The end of a row that ran (rows measured in one go, Iterations(1)): p50_ns..max_ns of
+// `samples_ns` (sorted in place), the label, the loop, and the manual time: `seconds`, or else the
+// samples' sum, so that the time column reads as the mean sample. Counters set before or after
+// this still reach the row.
+LatencySummary ReportSamples(benchmark::State& state, std::vector<double>& samples_ns,
+                             const std::string& label,
+                             std::optional<double> seconds = std::nullopt);
+
 }  // namespace faultlab

@@ -528,25 +528,10 @@ Measurement MeasureBandwidth(const BackingKind& kind, std::size_t bytes, int mem
 
 // The counters every row reports, then the label, or the skip or failure.
 void Finish(benchmark::State& state, Measurement& m, const std::string& label) {
-  if (!m.skip.empty()) {
-    Skip(state, m.skip);
-  } else if (!m.error.empty()) {
-    // A premise or data check failed: not a skip, the row failed.
-    state.SkipWithError(m.error.c_str());
-  }
-  if (!m.skip.empty() || !m.error.empty()) {
-    for (auto _ : state) {
-    }
-    return;
-  }
-  LatencySummary summary = Summarize(m.samples_ns);
-  ReportLatency(state, summary);
+  if (SkippedOrFailed(state, m.skip, m.error)) return;
   ReportPerEvent(state, m.totals, m.events);
   for (const auto& [name, value] : m.figures) state.counters[name] = value;
-  state.SetLabel("placement=verified " + label);
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(m.seconds);
+  ReportSamples(state, m.samples_ns, "placement=verified " + label, m.seconds);
 }
 
 std::string NodesText(const std::vector<int>& nodes) { return absl::StrJoin(nodes, ","); }

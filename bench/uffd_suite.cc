@@ -887,33 +887,6 @@ std::string CpusLabel(int cpu, int handler_cpu) {
 }
 
 // A skip row (a reason the case cannot run here) or a failure row; false when the row ran.
-bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std::string& error) {
-  if (skip.empty() && error.empty()) return false;
-  if (!skip.empty()) {
-    Skip(state, skip);
-  } else {
-    state.SkipWithError(error.c_str());
-  }
-  for (auto _ : state) {
-  }
-  return true;
-}
-
-// A row that ran: the manual time is the sum of its round trips (ns each), p50_ns.. max_ns their
-// distribution, `label` what ran where. Counters set after this still reach the row.
-LatencySummary ReportRoundTrips(benchmark::State& state, std::vector<double>& round_trips,
-                                const std::string& label) {
-  double seconds = 0;
-  for (double ns : round_trips) seconds += ns * 1e-9;
-  LatencySummary summary = Summarize(round_trips);
-  ReportLatency(state, summary);
-  state.SetLabel(label);
-  for (auto _ : state) {
-  }
-  state.SetIterationTime(seconds);
-  return summary;
-}
-
 void ReportSplit(benchmark::State& state, const Samples& s) {
   state.counters["to_handler_ns"] = Median(s.to_handler);
   state.counters["ioctl_ns"] = Median(s.ioctl);
@@ -935,7 +908,7 @@ void RunCase(benchmark::State& state, Case c, UffdMemory memory, HandlerMode mod
   const double faults = static_cast<double>(s.round_trip.size());
   // Which feature made the markers where anonymous memory needs one asked for.
   const bool asked_markers = FeaturesFor(c, memory, mode) & UFFD_FEATURE_WP_UNPOPULATED;
-  const LatencySummary summary = ReportRoundTrips(
+  const LatencySummary summary = ReportSamples(
       state, s.round_trip,
       absl::StrCat("memory=", UffdMemoryName(memory), " handler=", HandlerModeName(mode),
                    " cpus=", CpusLabel(m.cpu, m.handler_cpu), " premise=verified",
@@ -1003,7 +976,7 @@ void RunFloor(benchmark::State& state, HandlerMode mode, int rounds) {
     return;
   }
   // Both threads ran where they were pinned (EventfdPingPongNs checks sched_getcpu).
-  ReportRoundTrips(state, ns,
+  ReportSamples(state, ns,
                    absl::StrCat("handler=", HandlerModeName(mode), " cpus=", CpusLabel(cpu, other),
                                 " premise=verified"));
   ReportPerEvent(state, totals, static_cast<double>(counted.size()));
@@ -1098,7 +1071,7 @@ void RunPoison(benchmark::State& state) {
     m.error = PoisonRounds(pages, &m);
   }
   if (SkippedOrFailed(state, m.skip, m.error)) return;
-  ReportRoundTrips(state, m.round_trip,
+  ReportSamples(state, m.round_trip,
                    absl::StrCat("memory=anon4k si_code=", BusCodeName(m.code), " cpus=", m.cpu,
                                 " premise=verified"));
   state.counters["first_round_ns"] = m.first_round_ns;
@@ -1226,7 +1199,7 @@ void RunWpAsync(benchmark::State& state, UffdMemory memory) {
     m.error = WpAsyncRounds(memory, pages, &m);
   }
   if (SkippedOrFailed(state, m.skip, m.error)) return;
-  ReportRoundTrips(state, m.round_trip,
+  ReportSamples(state, m.round_trip,
                    absl::StrCat("memory=", UffdMemoryName(memory), " cpus=", m.cpu,
                                 " premise=verified"));
   state.counters["first_round_ns"] = m.first_round_ns;
