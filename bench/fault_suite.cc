@@ -815,7 +815,7 @@ void RegisterFaultSuite(const RunOptions& options) {
           ->ArgNames({"region_mib", "procs", "rounds"})
           ->Threads(threads)
           ->Iterations(faults * procs)  // per thread; for processes, all workers' faults
-          ->Repetitions(options.quick ? 3 : 5)
+          ->Repetitions(Repetitions(options))
           ->UseManualTime()
           ->Unit(benchmark::kNanosecond);
     };

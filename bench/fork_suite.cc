@@ -554,7 +554,7 @@ int ForksFor(const BackingKind& kind, long mib) {
 constexpr long kVariantMib = 256;  // the variants and floors run at the largest quick size
 
 void RegisterForkSuite(const RunOptions& options) {
-  const int repetitions = options.quick ? 3 : 5;  // as fault_suite
+  const int repetitions = Repetitions(options);
   auto add = [&](const std::string& name, std::vector<int64_t> args,
                  std::vector<std::string> arg_names, int64_t iterations, auto body) {
     benchmark::RegisterBenchmark(name.c_str(), body)

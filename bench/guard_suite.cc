@@ -336,7 +336,7 @@ int RoundsFor(long pages, bool quick) {
 }
 
 void RegisterGuardSuite(const RunOptions& options) {
-  const int repetitions = options.quick ? 3 : 5;  // as fault_suite
+  const int repetitions = Repetitions(options);
   auto add = [&](const GuardCase& c, long pages, int rounds) {
     const std::string name = std::string("guard/") + c.name + "/anon4k";
     benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& st) { RunGuardCase(st, c); })

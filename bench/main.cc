@@ -2,6 +2,7 @@
 //
 //   faultlab run [--quick] [--suite LIST] [--filter REGEX] [--cpu LIST] [--node N]
 //                [--counters LIST] [--out DIR] [--reserve-hugepages SPEC] [--cow-pte-prctl N]
+//                [--repetitions N]
 //                [--benchmark_*...]
 //   faultlab env [--json]
 //   faultlab restore
@@ -63,6 +64,8 @@ constexpr int kBadInput = 2;
 
 // Forked workers pass their counter totals back through fixed slots of this many (fault_suite.cc).
 constexpr std::size_t kMaxCounters = 64;
+// A full run repeats every benchmark: 100 keeps a mistyped count from running for days.
+constexpr int kMaxRepetitions = 100;
 
 // RestoreStaleJournal's message when there is no journal: the one message not worth printing.
 constexpr const char* kNoJournalMessage = "no restore journal";
@@ -82,6 +85,7 @@ struct RunArgs {
   std::string out;
   std::string reserve;
   std::string cow_pte_prctl;
+  std::string repetitions;
 };
 
 // The console view: one line per benchmark with the figures a reader looks at first (the mean
@@ -500,6 +504,15 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     }
     cow_pte_prctl = parsed;
   }
+  std::optional<int> repetitions;
+  if (!args.repetitions.empty()) {
+    int parsed = 0;
+    if (!absl::SimpleAtoi(args.repetitions, &parsed) || parsed < 1 || parsed > kMaxRepetitions) {
+      return BadInput("--repetitions: '" + args.repetitions + "' is not a count from 1 to " +
+                      std::to_string(kMaxRepetitions));
+    }
+    repetitions = parsed;
+  }
   std::vector<HugepageRequest> reservations;
   if (!args.reserve.empty()) {
     auto parsed = ParseHugepageRequests(args.reserve, &error);
@@ -521,6 +534,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   options.quick = args.quick;
   options.suites = suites;
   options.cow_pte_prctl = cow_pte_prctl;
+  options.repetitions = repetitions;
   options.topology = topology.get();
   options.cpus = *cpus;
   options.node = node;
@@ -757,6 +771,9 @@ int main(int argc, char** argv) {
   run->add_option("--out", args.out, "output directory (default reports/out/<timestamp>)");
   run->add_option("--reserve-hugepages", args.reserve,
                   "reserve hugetlb pages for the run: N (2 MiB) or 2M:N,1G:N; restored on exit");
+  run->add_option("--repetitions", args.repetitions,
+                  "repetitions of every benchmark (default 3 with --quick, else 5; a comparison's "
+                  "U test wants 9 or more)");
   run->add_option("--cow-pte-prctl", args.cow_pte_prctl,
                   "the prctl number of a kernel carrying the COW-PTE series: adds the fork "
                   "suite's *_cow_pte cases (never called by default: the series used 65, which "

@@ -104,9 +104,12 @@ struct Sizes {
   int scaling_rounds;
 };
 
-Sizes SizesFor(bool quick) {
-  if (quick) return {3, 2048, 24, 2000, 8, 16, {1, 4, 16, 64, 256}, 32, 8, 1024, 64};
-  return {5, 2048, 64, 10000, 16, 32, {1, 4, 16, 64, 256, 1024}, 64, 16, 1024, 128};
+Sizes SizesFor(const RunOptions& options) {
+  Sizes sizes = options.quick
+                    ? Sizes{0, 2048, 24, 2000, 8, 16, {1, 4, 16, 64, 256}, 32, 8, 1024, 64}
+                    : Sizes{0, 2048, 64, 10000, 16, 32, {1, 4, 16, 64, 256, 1024}, 64, 16, 1024, 128};
+  sizes.repetitions = Repetitions(options);
+  return sizes;
 }
 
 // Forks timed per benchmark run of the fork sweep: many where a fork is microseconds, a few at
@@ -1966,24 +1969,24 @@ void AddGuardCases(const ModelAdder& add, const Sizes& sizes) {
 }  // namespace
 
 void RegisterModelForkCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
+  const Sizes sizes = SizesFor(options);
   AddForkCases(ModelAdder(sizes), sizes);
 }
 
 void RegisterModelUffdCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
+  const Sizes sizes = SizesFor(options);
   AddUffdCases(ModelAdder(sizes), sizes);
 }
 
 void RegisterModelGuardCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
+  const Sizes sizes = SizesFor(options);
   AddGuardCases(ModelAdder(sizes), sizes);
 }
 
 namespace {
 
 void RegisterModelSuite(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options.quick);
+  const Sizes sizes = SizesFor(options);
   const ModelAdder add(sizes);
   const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
 

@@ -767,7 +767,7 @@ struct Sizes {
   int latency_passes() const { return quick ? 2 : 4; }
   std::size_t loads_per_pass() const { return quick ? (1u << 20) : (1u << 22); }
   int bandwidth_passes() const { return quick ? 8 : 20; }
-  int repetitions() const { return quick ? 3 : 5; }
+  int repetitions() const { return Repetitions(CurrentRunOptions()); }
   bool quick;
 };
 

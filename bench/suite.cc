@@ -20,6 +20,9 @@ RunOptions& Options() {
 }  // namespace
 
 const RunOptions& CurrentRunOptions() { return Options(); }
+int Repetitions(const RunOptions& options) {
+  return options.repetitions.value_or(options.quick ? 3 : 5);
+}
 void SetCurrentRunOptions(RunOptions options) { Options() = std::move(options); }
 
 bool RunsSuite(const RunOptions& options, const std::string& name) {

@@ -26,7 +26,12 @@ struct RunOptions {
   std::optional<int> node;               // NUMA node memory is bound to (nullopt: no binding)
   std::vector<std::string> counters;     // perf event names
   std::optional<int> cow_pte_prctl;      // the COW-PTE series' prctl number, if the user gave it
+  std::optional<int> repetitions;        // --repetitions: overrides every suite's count
 };
+
+// Repetitions of every benchmark: --repetitions if given, else 3 with --quick and 5 without
+// (enough for a spread; a comparison's U test wants 9 or more: `faultlab compare` says so).
+int Repetitions(const RunOptions& options);
 
 // The options of the current run; suites and the harness read them.
 const RunOptions& CurrentRunOptions();

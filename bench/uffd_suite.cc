@@ -1208,7 +1208,7 @@ void RunWpAsync(benchmark::State& state, UffdMemory memory) {
 }
 
 void RegisterUffdSuite(const RunOptions& options) {
-  const int repetitions = options.quick ? 3 : 5;  // as fault_suite and fork_suite
+  const int repetitions = Repetitions(options);
   for (const CaseKind& kind : CaseKinds()) {
     for (UffdMemory memory : kind.memories) {
       const long pages = PagesFor(memory, options.quick);

@@ -74,6 +74,9 @@ TEST(Cli, BadInputGetsOneLineAndExitCodeTwoAndWritesNothing) {
       {"run", "--suite", "fork", "--cow-pte-prctl", "sixty-five"},
       {"run", "--suite", "fork", "--cow-pte-prctl", "-65"},
       {"run", "--suite", "model", "--cow-pte-prctl", "65"},
+      {"run", "--repetitions", "0"},
+      {"run", "--repetitions", "many"},
+      {"run", "--repetitions", "101"},
       {"frobnicate"},
   };
   for (std::vector<std::string> args : bad) {
@@ -87,6 +90,17 @@ TEST(Cli, BadInputGetsOneLineAndExitCodeTwoAndWritesNothing) {
         << joined << ": expected one line, got:\n" << outcome.err;
     EXPECT_FALSE(fs::exists(out)) << joined << " created the output directory";
   }
+}
+
+TEST(Cli, RepetitionsSetHowOftenEveryBenchmarkRuns) {
+  const RunOutcome run =
+      RunAndReadResults({"run", "--quick", "--filter", kWriteCase, "--repetitions", "4"}, {});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const std::vector<nlohmann::json> rows = IterationRows(run.results);
+  ASSERT_FALSE(rows.empty());
+  std::map<std::string, int> per_benchmark;
+  for (const nlohmann::json& row : rows) ++per_benchmark[row["run_name"].get<std::string>()];
+  for (const auto& [name, count] : per_benchmark) EXPECT_EQ(count, 4) << name;
 }
 
 TEST(Cli, UnwritableOutputDirectoryIsBadInput) {
