@@ -335,13 +335,14 @@ def weak_test_lines(comparison):
         lines.append(wrap(f"WARNING: {len(too_few)} figures have too few repetitions for the U "
                           f"test to call any change significant ({counts} repetitions: the "
                           f"smallest p-value it can give is {significant(smallest, 2)}, not "
-                          f"below {ALPHA}); their ratios are shown, not judged. More "
-                          f"repetitions are needed (runs without --quick repeat more)."))
+                          f"below {ALPHA}); their ratios are shown, not judged. Run both "
+                          f"with `--repetitions {OPTIMAL_REPETITIONS}` or more."))
     weak = [row for row in comparison.rows if row.weak and row.verdict != TOO_FEW]
     if weak:
         lines.append(wrap(f"* WARNING: fewer than {OPTIMAL_REPETITIONS} repetitions on a side: "
                           f"the U test is weak and its verdict unreliable (Google Benchmark's "
-                          f"compare.py recommends {OPTIMAL_REPETITIONS} or more)."))
+                          f"compare.py recommends {OPTIMAL_REPETITIONS} or more: "
+                          f"`faultlab run --repetitions {OPTIMAL_REPETITIONS}`)."))
     return lines
 
 
