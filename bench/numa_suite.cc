@@ -18,7 +18,10 @@
 //   policies, first touch of 4 KiB pages under a VMA policy (mbind before the touch):
 //     policy/{local,bind,preferred,interleave,weighted_interleave}/anon4k/cpu_node:N[/target:M]
 //     [/nodes:K]; the placement each policy promises is checked on every page, and the pages per
-//     node are counters (pages_node<N>).
+//     node are counters (pages_node<N>). Preferred and the interleaves, placements the matrix
+//     does not have, add /chase_mib:S: the latency chase and the bandwidth read above, over a
+//     region of S MiB placed by the same policy and checked the same way, as the counters
+//     ns_per_load and gb_per_s (bind to M, and local, are the matrix's cells).
 //   migration, a region filled with a pattern on `from`, moved to `to` (timed) and back
 //   (untimed) every round; after every move each page's node and every word are checked:
 //     move_pages/<backing>/batch:{1,16,512}/from:N/to:M  move_pages(2) with B pages per call;
@@ -372,12 +375,30 @@ const char* MatrixCaseName(MatrixCase c) {
   return "?";
 }
 
-// Maps the region bound strictly to `node` and touches it through `populate`; then checks the
-// backing and that every page (every 2 MiB for huge backings) is on `node`.
-std::string MapBoundPopulated(const BackingKind& kind, std::size_t bytes, int node,
-                              NumaRegion* region, const std::function<void(char*)>& populate) {
+// Where a measured region's pages go: the VMA policy set before they are populated, and the
+// check that they went where it promises (empty if so), run after populating and again after
+// measuring. The matrix binds to one node; the policy rows place by their policy.
+struct Placement {
+  NumaPolicy policy;
+  std::vector<int> nodes;
+  std::function<std::string(const NumaRegion&)> check;
+};
+
+// Every page (every 2 MiB for huge backings) strictly on `node`.
+Placement BoundTo(const BackingKind& kind, int node) {
+  const std::size_t page = kind.page;
+  return {NumaPolicy::kBind, {node}, [page, node](const NumaRegion& region) {
+            return CheckAllOnNode(region.base(), region.bytes(), page, node);
+          }};
+}
+
+// Maps the region under `placement`'s policy and touches it through `populate`; then checks the
+// backing and the placement.
+std::string MapPlacedPopulated(const BackingKind& kind, std::size_t bytes,
+                               const Placement& placement, NumaRegion* region,
+                               const std::function<void(char*)>& populate) {
   if (std::string error = region->Map(kind.backing, bytes); !error.empty()) return error;
-  if (std::string error = SetRangePolicy(region->base(), bytes, NumaPolicy::kBind, {node});
+  if (std::string error = SetRangePolicy(region->base(), bytes, placement.policy, placement.nodes);
       !error.empty()) {
     return error;
   }
@@ -385,7 +406,14 @@ std::string MapBoundPopulated(const BackingKind& kind, std::size_t bytes, int no
   if (std::string error = CheckBacking(kind, *region, "after populating"); !error.empty()) {
     return error;
   }
-  return CheckAllOnNode(region->base(), bytes, kind.page, node);
+  return placement.check(*region);
+}
+
+// Maps the region bound strictly to `node` and touches it through `populate`; then checks the
+// backing and that every page (every 2 MiB for huge backings) is on `node`.
+std::string MapBoundPopulated(const BackingKind& kind, std::size_t bytes, int node,
+                              NumaRegion* region, const std::function<void(char*)>& populate) {
+  return MapPlacedPopulated(kind, bytes, BoundTo(kind, node), region, populate);
 }
 
 // Writes the pointer chase into the region: a single cycle through every cache line, 4 KiB
@@ -435,13 +463,15 @@ __attribute__((noinline)) std::uint64_t StreamSum(const std::uint64_t* words, st
   return a + b + c + d;
 }
 
-Measurement MeasureLatency(const BackingKind& kind, std::size_t bytes, int mem_node, int passes,
-                           std::size_t loads_per_pass) {
+// The dependent-load chase over a region placed by `placement` (the matrix: bound to one node;
+// the policy rows: their policy's placement).
+Measurement MeasureLatency(const BackingKind& kind, std::size_t bytes, const Placement& placement,
+                           int passes, std::size_t loads_per_pass) {
   Measurement m;
   NumaRegion region;
   void* start = nullptr;
-  if (m.error = MapBoundPopulated(kind, bytes, mem_node, &region,
-                                  [&](char* base) { start = BuildChase(base, bytes); });
+  if (m.error = MapPlacedPopulated(kind, bytes, placement, &region,
+                                   [&](char* base) { start = BuildChase(base, bytes); });
       !m.error.empty()) {
     return m;
   }
@@ -465,7 +495,7 @@ Measurement MeasureLatency(const BackingKind& kind, std::size_t bytes, int mem_n
   }
   benchmark::DoNotOptimize(p);
   // Placement unchanged by the measurement.
-  if (m.error = CheckAllOnNode(region.base(), bytes, kind.page, mem_node); !m.error.empty()) return m;
+  if (m.error = placement.check(region); !m.error.empty()) return m;
   std::vector<double> sorted = m.samples_ns;
   std::sort(sorted.begin(), sorted.end());
   double total = 0;
@@ -479,11 +509,13 @@ Measurement MeasureLatency(const BackingKind& kind, std::size_t bytes, int mem_n
   return m;
 }
 
-Measurement MeasureBandwidth(const BackingKind& kind, std::size_t bytes, int mem_node, int passes) {
+// The streaming read over a region placed by `placement`, as MeasureLatency.
+Measurement MeasureBandwidth(const BackingKind& kind, std::size_t bytes,
+                             const Placement& placement, int passes) {
   Measurement m;
   NumaRegion region;
-  if (m.error = MapBoundPopulated(kind, bytes, mem_node, &region,
-                                  [&](char* base) { std::memset(base, 0x5a, bytes); });
+  if (m.error = MapPlacedPopulated(kind, bytes, placement, &region,
+                                   [&](char* base) { std::memset(base, 0x5a, bytes); });
       !m.error.empty()) {
     return m;
   }
@@ -515,7 +547,7 @@ Measurement MeasureBandwidth(const BackingKind& kind, std::size_t bytes, int mem
     m.error = "data: the streaming sum does not match what was written";
     return m;
   }
-  if (m.error = CheckAllOnNode(region.base(), bytes, kind.page, mem_node); !m.error.empty()) return m;
+  if (m.error = placement.check(region); !m.error.empty()) return m;
   m.seconds = total_ns * 1e-9;
   m.events = passes;
   m.figures["gb_per_s"] = static_cast<double>(bytes) * passes / total_ns;
@@ -840,7 +872,7 @@ void RegisterMatrix(const RunOptions& options, const Sizes& sizes,
                        if (m.skip.empty()) m.error = PinTo(pin_cpu, cn);
                        if (m.skip.empty() && m.error.empty()) {
                          // The time column: ns per load (iterations are the loads).
-                         m = MeasureLatency(k, bytes, mem_node, passes, loads);
+                         m = MeasureLatency(k, bytes, BoundTo(k, mem_node), passes, loads);
                        }
                        Finish(st, m,
                               absl::StrCat("cpu=", pin_cpu, " node=", mem_node, " cpu_node=", cn,
@@ -857,7 +889,7 @@ void RegisterMatrix(const RunOptions& options, const Sizes& sizes,
                        m.skip = WhyNoHugePagesOn(k, bytes, mem_node);
                        if (m.skip.empty()) m.error = PinTo(pin_cpu, cn);
                        if (m.skip.empty() && m.error.empty()) {
-                         m = MeasureBandwidth(k, bytes, mem_node, passes);
+                         m = MeasureBandwidth(k, bytes, BoundTo(k, mem_node), passes);
                        }
                        // The time column: one pass over the region.
                        Finish(st, m,
@@ -877,11 +909,21 @@ void RegisterPolicies(const RunOptions& options, const Sizes& sizes,
   const int rounds = sizes.first_touch_rounds(NumaBacking::kAnon4K);
   const int64_t faults = mib * (1l << 20) / static_cast<long>(kPage4K) * rounds;
   const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
+  const long chase_mib = sizes.chase_mib();
+  const std::size_t chase_bytes = static_cast<std::size_t>(chase_mib) << 20;
+  const int latency_passes = sizes.latency_passes();
+  const std::size_t loads = sizes.loads_per_pass();
+  const int bandwidth_passes = sizes.bandwidth_passes();
 
   // One row: `target` (-1: none) for bind and preferred, `nodes` for the interleaves.
   auto add = [&](NumaPolicy policy, int cpu_node, int cpu, int target,
                  const std::vector<int>& nodes, const std::string& skip) {
     const std::string name = absl::StrCat("numa/policy/", PolicyName(policy), "/anon4k");
+    // Placements the matrix does not have also get the matrix's chase and streaming read, so
+    // that policies compare for latency- and bandwidth-bound work too; bind to a node (and
+    // local, the CPU node's own) is the matrix's own cell.
+    const bool loads_too = policy == NumaPolicy::kPreferred || policy == NumaPolicy::kInterleave ||
+                           policy == NumaPolicy::kWeightedInterleave;
     std::vector<int64_t> args = {cpu_node};
     std::vector<std::string> arg_names = {"cpu_node"};
     if (target >= 0) {
@@ -894,6 +936,10 @@ void RegisterPolicies(const RunOptions& options, const Sizes& sizes,
     }
     args.insert(args.end(), {mib, rounds});
     arg_names.insert(arg_names.end(), {"region_mib", "rounds"});
+    if (loads_too) {
+      args.push_back(chase_mib);
+      arg_names.push_back("chase_mib");
+    }
     Register(name, args, arg_names, faults, sizes.repetitions(), [=](benchmark::State& st) {
       Measurement m;
       m.skip = skip;
@@ -905,19 +951,38 @@ void RegisterPolicies(const RunOptions& options, const Sizes& sizes,
                                            ? InterleaveWeights(nodes)
                                            : std::vector<int>(nodes.size(), 1);
       const std::vector<int> set_nodes = target >= 0 ? std::vector<int>{target} : nodes;
+      // What the policy promises, checked on every page of every region it placed.
+      auto check = [&](const NumaRegion& r, std::map<int, std::size_t>* counts) -> std::string {
+        const int want = policy == NumaPolicy::kLocal ? cpu_node : target;
+        std::string error = CheckAllOnNode(r.base(), r.bytes(), kPage4K, interleave ? -1 : want,
+                                           counts);
+        if (!interleave || error.rfind("premise: cannot", 0) == 0) return error;
+        return CheckInterleaved(*counts, r.bytes() / kPage4K, nodes, weights);
+      };
       if (m.skip.empty() && m.error.empty()) {
         TouchPlan plan{NumaBacking::kAnon4K, bytes, rounds,
                        [&](NumaRegion& r) {
                          return SetRangePolicy(r.base(), bytes, policy, set_nodes);
                        },
-                       [&](NumaRegion& r, std::map<int, std::size_t>* counts) -> std::string {
-                         const int want = policy == NumaPolicy::kLocal ? cpu_node : target;
-                         std::string error = CheckAllOnNode(r.base(), bytes, kPage4K,
-                                                            interleave ? -1 : want, counts);
-                         if (!interleave || error.rfind("premise: cannot", 0) == 0) return error;
-                         return CheckInterleaved(*counts, bytes / kPage4K, nodes, weights);
-                       }};
+                       check};
         m = MeasureFirstTouch(plan);
+      }
+      if (loads_too && m.skip.empty() && m.error.empty()) {
+        const Placement placed{policy, set_nodes, [&](const NumaRegion& r) {
+                                 std::map<int, std::size_t> counts;
+                                 return check(r, &counts);
+                               }};
+        const BackingKind& k = KindOf(NumaBacking::kAnon4K);
+        const Measurement latency = MeasureLatency(k, chase_bytes, placed, latency_passes, loads);
+        const Measurement bandwidth =
+            latency.error.empty() ? MeasureBandwidth(k, chase_bytes, placed, bandwidth_passes)
+                                  : Measurement{};
+        m.error = latency.error.empty() ? bandwidth.error : latency.error;
+        // The row's time column stays the first touch; these are its counters.
+        if (m.error.empty()) {
+          m.figures["ns_per_load"] = latency.figures.at("ns_per_load");
+          m.figures["gb_per_s"] = bandwidth.figures.at("gb_per_s");
+        }
       }
       std::string label = absl::StrCat("cpu=", cpu, " policy=", PolicyName(policy));
       if (policy == NumaPolicy::kLocal) absl::StrAppend(&label, " node=", cpu_node);
@@ -932,7 +997,6 @@ void RegisterPolicies(const RunOptions& options, const Sizes& sizes,
       Finish(st, m, label);
     });
   };
-
   const bool multi = mem_nodes.size() > 1;
   const int missing = FirstNodeWithoutMemory();
   for (const auto& [cpu_node, cpu] : cpu_nodes) {

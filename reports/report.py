@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""faultlab's reports from a run directory: report.py KIND DIR (kinds: fork, uffd); and the
-comparison of two runs: report.py compare A B [--csv FILE].
+"""faultlab's reports from a run directory: report.py KIND DIR (kinds: fork, uffd, numa); and
+the comparison of two runs: report.py compare A B [--csv FILE].
 
 Reads DIR/results.json and writes the report's files into DIR; prints the summary. Bad input
 (no such directory, no results.json, not faultlab's JSON, no rows for the report) is one line on
@@ -21,10 +21,10 @@ import sys
 # The source tree's .gitignore does not cover __pycache__: write none there.
 sys.dont_write_bytecode = True
 
-from faultlab_report import fork, uffd  # noqa: E402
+from faultlab_report import fork, numa, uffd  # noqa: E402
 from faultlab_report.results import BadInput, write_files  # noqa: E402
 
-KINDS = {"fork": fork.write_report, "uffd": uffd.write_report}
+KINDS = {"fork": fork.write_report, "uffd": uffd.write_report, "numa": numa.write_report}
 
 
 COMPARE_USAGE = "faultlab compare A B [--csv FILE]"

@@ -111,6 +111,17 @@ void ExpectRanVerified(const json& row, std::size_t memory_nodes) {
       if (it.key().rfind("pages_node", 0) == 0) counted += it.value().get<double>();
     }
     EXPECT_EQ(counted, pages);
+    // Preferred and the interleaves also chase and stream over a region their policy placed.
+    const bool loads_too = policy == "preferred" || policy == "interleave" ||
+                           policy == "weighted_interleave";
+    EXPECT_EQ(NamedArg(name, "chase_mib") > 0, loads_too);
+    if (loads_too) {
+      EXPECT_GT(Counter(row, "ns_per_load"), 1);
+      EXPECT_LT(Counter(row, "ns_per_load"), 10000);
+      EXPECT_GT(Counter(row, "gb_per_s"), 0.1);
+    } else {
+      EXPECT_FALSE(row.contains("ns_per_load"));
+    }
     if (policy == "local") {
       const long cpu_node = NamedArg(name, "cpu_node");
       EXPECT_EQ(Counter(row, "pages_node" + std::to_string(cpu_node)), pages);

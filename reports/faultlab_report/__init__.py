@@ -5,6 +5,7 @@ write charts, CSV and a plain-text summary beside it.
   across repetitions, and writing a report's files so that none is ever half-written.
 - charts: the shared matplotlib style and chart helpers (byte-identical SVG for the same input).
 - fork: `faultlab report fork`, the fork suite against the model's fork and COW-PTE.
+- numa: `faultlab report numa`, the numa suite's matrices as heatmaps and the placement advice.
 - compare: `faultlab compare A B`, each benchmark of one run against another's, with a U test
   over the repetitions; compare_runs() returns the rows as data for other reports.
 """

@@ -5,6 +5,7 @@ on the input (fixed hash salt, no date), so a report can be diffed and tested.
 Use:
     chart = line_chart([Series("kernel anon4k", x, y, low=..., high=...)], title=..., ...)
     chart = bar_chart(["missing_copy anon4k", ...], [Bars("same_cpu", [v, ...]), ...], ...)
+    chart = heatmap([Grid("anon4k", ["cpu 0"], ["mem 0"], [[95.2]], [["95.2 ns"]])], ...)
     data = svg_bytes(chart)
 """
 
@@ -18,7 +19,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display here; SVG and PNG only
 
-from matplotlib.figure import Figure  # noqa: E402 (after the backend is chosen)
+from matplotlib.colors import Normalize  # noqa: E402 (after the backend is chosen)
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 # matplotlib settings every chart is drawn and saved with.
@@ -67,6 +69,20 @@ class Bars:
     high: Optional[Sequence[Optional[float]]] = None
     color: Optional[str] = None
     hatched: bool = False
+
+
+@dataclass
+class Grid:
+    """One panel of a heatmap: values[row][column] coloured and annotated with texts[row][column].
+    A cell whose value is None is left grey and annotated with its text (why it has no value) in
+    grey, if any. cell_ids, if given, name each valued cell's annotation in the SVG (its <g id>),
+    so that a test can find them; the unvalued cells' annotations are named "missing-" + id."""
+    title: str
+    rows: Sequence[str]
+    columns: Sequence[str]
+    values: Sequence[Sequence[Optional[float]]]
+    texts: Sequence[Sequence[Optional[str]]]
+    cell_ids: Optional[Sequence[Sequence[str]]] = None
 
 
 @dataclass
@@ -172,6 +188,64 @@ def bar_chart(categories, bars, *, title, value_label, log=False, notes=(), size
         if bars:
             axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         add_notes(axes, notes)
+        return figure
+
+
+def heatmap(grids, *, title, row_label, column_label, value_label, colormap="viridis",
+            reverse=False, notes=()):
+    """Panels side by side, one per grid, on one colour scale (one colour bar) so that the panels
+    compare; every cell annotated. reverse: the colour map reversed (for figures where lower is
+    better, so that the better cells are the same colour in every chart)."""
+    values = [value for grid in grids for row in grid.values for value in row if value is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if low == high:
+        low, high = low * 0.9 if low else -1.0, high * 1.1 if high else 1.0
+    columns = max((len(grid.columns) for grid in grids), default=1)
+    rows = max((len(grid.rows) for grid in grids), default=1)
+    width = max(7.0, len(grids) * (1.2 + 1.0 * columns) + 1.6)
+    height = 2.2 + 0.5 * rows
+    with style():
+        figure = Figure(figsize=(width, height))
+        # Room above the panels' titles for the chart's title, between panels for their labels.
+        figure.subplots_adjust(top=1 - 0.85 / height, wspace=0.3)
+        cmap = matplotlib.colormaps[colormap + ("_r" if reverse else "")].copy()
+        cmap.set_bad("#eeeeee")
+        norm = Normalize(low, high)
+        axes_list = figure.subplots(1, max(1, len(grids)), squeeze=False)[0]
+        image = None
+        for axes, grid in zip(axes_list, grids):
+            data = [[float("nan") if value is None else value for value in row]
+                    for row in grid.values]
+            image = axes.imshow(data, cmap=cmap, norm=norm, aspect="auto")
+            axes.grid(False)
+            axes.set_xticks(range(len(grid.columns)))
+            axes.set_xticklabels(grid.columns)
+            axes.set_yticks(range(len(grid.rows)))
+            axes.set_yticklabels(grid.rows)
+            axes.set_xlabel(column_label)
+            if axes is axes_list[0]:
+                axes.set_ylabel(row_label)
+            axes.set_title(grid.title)
+            for r, row in enumerate(grid.values):
+                for c, value in enumerate(row):
+                    text = grid.texts[r][c]
+                    if not text:
+                        continue
+                    cell_id = grid.cell_ids[r][c] if grid.cell_ids else None
+                    if value is None:
+                        color, cell_id = "#777777", cell_id and f"missing-{cell_id}"
+                    else:
+                        red, green, blue, _ = cmap(norm(value))
+                        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+                        color = "white" if dark else "black"
+                    annotation = axes.text(c, r, text, ha="center", va="center", color=color,
+                                           fontsize=8)
+                    annotation.set_gid(cell_id)
+        if image is not None:
+            figure.colorbar(image, ax=list(axes_list), label=value_label, fraction=0.04,
+                            pad=0.03)
+        figure.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+        add_notes(axes_list[0], notes)
         return figure
 
 
