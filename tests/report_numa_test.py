@@ -46,6 +46,7 @@ def significant(value, digits):
     """value with `digits` significant digits, as a reader would round it."""
     if value == 0:
         return "0"
+    value = float(f"{value:.{digits - 1}e}")  # 0.99996 reads "1.00"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
     return f"{value:.{decimals}f}"
 

@@ -13,6 +13,8 @@ def significant(value, digits=3):
     """A number with `digits` significant digits, never in exponent form."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
+    # Rounded to `digits` first: 0.99996 is "1.00", not "1.000" (a digit too many).
+    value = float(f"{value:.{digits - 1}e}")
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
     return f"{value:.{decimals}f}"
 
