@@ -155,6 +155,17 @@ std::optional<std::string> ProbeGuardRegions() {
   return absl::StrCat("MADV_GUARD_INSTALL unsupported (needs Linux 6.13+): ", ErrnoName(error));
 }
 
+// Whether NUMA balancing can be turned on for a run (numa suite, --numa-balancing): the switch
+// exists only in kernels built with CONFIG_NUMA_BALANCING, and only root may write it.
+std::optional<std::string> ProbeNumaBalancing() {
+  const char* path = "/proc/sys/kernel/numa_balancing";
+  if (access(path, F_OK) != 0) {
+    return "no /proc/sys/kernel/numa_balancing (a kernel without CONFIG_NUMA_BALANCING)";
+  }
+  if (access(path, W_OK) != 0) return "/proc/sys/kernel/numa_balancing is not writable: needs root";
+  return std::nullopt;
+}
+
 std::optional<std::string> Probe(Feature feature) {
   switch (feature) {
     case Feature::kThp: return ProbeThp();
@@ -166,11 +177,12 @@ std::optional<std::string> Probe(Feature feature) {
     case Feature::kPerfKernel: return ProbePerfKernel();
     case Feature::kNumaMulti: return ProbeNumaMulti();
     case Feature::kGuardRegions: return ProbeGuardRegions();
+    case Feature::kNumaBalancing: return ProbeNumaBalancing();
   }
   return "unknown feature";
 }
 
-constexpr std::size_t kFeatureCount = static_cast<std::size_t>(Feature::kGuardRegions) + 1;
+constexpr std::size_t kFeatureCount = static_cast<std::size_t>(Feature::kNumaBalancing) + 1;
 
 }  // namespace
 

@@ -21,6 +21,7 @@ enum class Feature {
   kPerfKernel,     // perf may count kernel mode (root or perf_event_paranoid < 2)
   kNumaMulti,      // more than one NUMA node with memory
   kGuardRegions,   // MADV_GUARD_INSTALL (Linux 6.13+)
+  kNumaBalancing,  // /proc/sys/kernel/numa_balancing exists (CONFIG_NUMA_BALANCING) and is writable
 };
 
 // nullopt when the feature is available; otherwise why not, in one line. Probed once per process

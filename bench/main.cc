@@ -2,8 +2,7 @@
 //
 //   faultlab run [--quick] [--suite LIST] [--filter REGEX] [--cpu LIST] [--node N]
 //                [--counters LIST] [--out DIR] [--reserve-hugepages SPEC] [--cow-pte-prctl N]
-//                [--repetitions N]
-//                [--benchmark_*...]
+//                [--repetitions N] [--numa-balancing] [--benchmark_*...]
 //   faultlab env [--json]
 //   faultlab restore
 //
@@ -86,6 +85,7 @@ struct RunArgs {
   std::string reserve;
   std::string cow_pte_prctl;
   std::string repetitions;
+  bool numa_balancing = false;
 };
 
 // The console view: one line per benchmark with the figures a reader looks at first (the mean
@@ -255,6 +255,7 @@ std::string CheckBenchmarkFlag(const std::string& arg) {
   }
   if (flag == "--benchmark_min_time" || flag == "--benchmark_min_warmup_time" ||
       flag == "--benchmark_repetitions") {
+    if (flag == "--benchmark_repetitions") return flag + " is faultlab's to set: use --repetitions N";
     return flag + " has no effect in faultlab: iterations and repetitions are set per benchmark";
   }
   if (flag == "--benchmark_format" || flag == "--benchmark_color" ||
@@ -513,6 +514,10 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
     }
     repetitions = parsed;
   }
+  if (args.numa_balancing &&
+      std::find(suites.begin(), suites.end(), "numa") == suites.end()) {
+    return BadInput("--numa-balancing is for the numa suite, which this run does not include");
+  }
   std::vector<HugepageRequest> reservations;
   if (!args.reserve.empty()) {
     auto parsed = ParseHugepageRequests(args.reserve, &error);
@@ -535,6 +540,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   options.suites = suites;
   options.cow_pte_prctl = cow_pte_prctl;
   options.repetitions = repetitions;
+  options.numa_balancing = args.numa_balancing;
   options.topology = topology.get();
   options.cpus = *cpus;
   options.node = node;
@@ -653,7 +659,10 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
         {"filter", args.filter},
         {"cpus", *cpus},
         {"node", node ? nlohmann::json(*node) : nlohmann::json(nullptr)},
-        {"hugepages_reserved", reserved}}},
+        {"hugepages_reserved", reserved},
+        // The environment above is the machine's state before the run; with this opt-in the
+        // numa suite's hinting rows turned numa_balancing on around themselves (and back).
+        {"numa_balancing_opt_in", args.numa_balancing}}},
       {"counters",
        {{"requested", counters},
         {"opened", opened},
@@ -778,6 +787,10 @@ int main(int argc, char** argv) {
                   "the prctl number of a kernel carrying the COW-PTE series: adds the fork "
                   "suite's *_cow_pte cases (never called by default: the series used 65, which "
                   "is PR_SET_MDWE in mainline)");
+  run->add_flag("--numa-balancing", args.numa_balancing,
+                "let the numa suite's hinting rows turn kernel.numa_balancing on around "
+                "themselves (journalled, restored after them, on exit, on signals and by "
+                "`faultlab restore`); without it they are skip rows");
   run->allow_extras();
 
   bool env_json = false;

@@ -1,5 +1,6 @@
 #include "bench/numa_probe.h"
 
+#include <linux/perf_event.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -436,6 +437,130 @@ long ProcessPagesOnNode(int node) {
     pages += count * std::max(1l, page_kb / 4);
   }
   return pages;
+}
+
+std::optional<NumaVmstat> ReadNumaVmstat() {
+  std::ifstream in("/proc/vmstat");
+  if (!in) return std::nullopt;
+  NumaVmstat v;
+  bool found = false;
+  std::string name;
+  long value = 0;
+  while (in >> name >> value) {
+    if (name == "numa_hint_faults") {
+      v.hint_faults = value;
+      found = true;
+    } else if (name == "numa_hint_faults_local") {
+      v.hint_faults_local = value;
+    } else if (name == "numa_pages_migrated") {
+      v.pages_migrated = value;
+    } else if (name == "numa_pte_updates") {
+      v.pte_updates = value;
+    }
+  }
+  if (!found) return std::nullopt;
+  return v;
+}
+
+long ThreadNumaPagesMigrated() {
+  std::ifstream in("/proc/thread-self/sched");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("numa_pages_migrated", 0) != 0) continue;
+    const std::size_t colon = line.find(':');
+    if (colon == std::string::npos) return -1;
+    return std::atol(line.c_str() + colon + 1);
+  }
+  return -1;
+}
+
+std::string NumaScanKnobsText() {
+  static const char* const kKnobs[] = {"scan_delay_ms", "scan_period_min_ms",
+                                       "scan_period_max_ms", "scan_size_mb"};
+  for (const std::string dir :
+       {"/proc/sys/kernel/numa_balancing_", "/sys/kernel/debug/sched/numa_balancing/"}) {
+    std::string text;
+    for (const char* knob : kKnobs) {
+      const std::optional<std::string> value = ReadKernelFile(dir + knob);
+      if (!value) {
+        text.clear();
+        break;
+      }
+      absl::StrAppend(&text, text.empty() ? "" : ",", knob, ":", *value);
+    }
+    if (!text.empty()) return text;
+  }
+  return "unreadable";
+}
+
+MinorFaultSampler::MinorFaultSampler(std::size_t capacity) {
+  perf_event_attr attr{};
+  attr.size = sizeof(attr);
+  attr.type = PERF_TYPE_SOFTWARE;
+  attr.config = PERF_COUNT_SW_PAGE_FAULTS_MIN;
+  attr.sample_period = 1;
+  attr.sample_type = PERF_SAMPLE_ADDR;
+  // User-mode faults only: the accesses measured are the loop's own. It also keeps the event
+  // open to anyone at perf_event_paranoid=2.
+  attr.exclude_kernel = 1;
+  attr.exclude_hv = 1;
+  fd_ = static_cast<int>(syscall(SYS_perf_event_open, &attr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC));
+  if (fd_ < 0) {
+    error_ = absl::StrCat("perf_event_open of minor faults with their addresses: ",
+                          ErrnoName(errno));
+    return;
+  }
+  // A sample is its header and the address: 16 bytes. The data area is a power of two of pages,
+  // with a quarter to spare.
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  std::size_t data = page;
+  while (data < capacity * 20) data *= 2;
+  ring_bytes_ = page + data;
+  ring_ = mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (ring_ == MAP_FAILED) {
+    ring_ = nullptr;
+    error_ = absl::StrCat("mmap of the perf ring (", ring_bytes_ / 1024,
+                          " KiB): ", ErrnoName(errno));
+    close(fd_);
+    fd_ = -1;
+    return;
+  }
+  data_bytes_ = data;
+}
+
+MinorFaultSampler::~MinorFaultSampler() {
+  if (ring_) munmap(ring_, ring_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
+
+void MinorFaultSampler::Drain(std::vector<uint64_t>* addresses) {
+  if (fd_ < 0) return;
+  auto* meta = static_cast<perf_event_mmap_page*>(ring_);
+  const std::size_t page = ring_bytes_ - data_bytes_;
+  const char* data =
+      static_cast<const char*>(ring_) + (meta->data_offset ? meta->data_offset : page);
+  const std::size_t size = meta->data_size ? meta->data_size : data_bytes_;
+  // Records may wrap around the end of the data area.
+  auto copy = [&](uint64_t at, void* out, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) static_cast<char*>(out)[i] = data[(at + i) % size];
+  };
+  const uint64_t head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
+  uint64_t tail = meta->data_tail;
+  while (tail + sizeof(perf_event_header) <= head) {
+    perf_event_header header;
+    copy(tail, &header, sizeof(header));
+    if (header.size < sizeof(header) || tail + header.size > head) break;
+    if (header.type == PERF_RECORD_SAMPLE) {
+      uint64_t addr = 0;
+      copy(tail + sizeof(header), &addr, sizeof(addr));
+      addresses->push_back(addr);
+    } else if (header.type == PERF_RECORD_LOST) {
+      uint64_t id_and_lost[2] = {0, 0};
+      copy(tail + sizeof(header), id_and_lost, sizeof(id_and_lost));
+      lost_ += id_and_lost[1];
+    }
+    tail += header.size;
+  }
+  __atomic_store_n(&meta->data_tail, tail, __ATOMIC_RELEASE);
 }
 
 }  // namespace faultlab

@@ -147,4 +147,68 @@ std::string MigrateProcessPages(int from, int to, long* not_moved);
 // included); -1 if unreadable.
 long ProcessPagesOnNode(int node);
 
+// --- NUMA balancing: hinting faults ---------------------------------------------------------
+//
+// With kernel.numa_balancing on, the scheduler's scanner (task_numa_work, run from a task's own
+// ticks) turns the PTEs of a part of the task's address space PROT_NONE every scan period; the
+// next access takes a NUMA hinting fault, which restores the PTE, records where the access came
+// from, and may migrate the page toward the accessing CPU's node.
+
+// The switch. faultlab turns it on only for a run given --numa-balancing, and only around the
+// rows that measure hinting faults (numa_suite.cc), through SystemSettings.
+inline constexpr const char* kNumaBalancingPath = "/proc/sys/kernel/numa_balancing";
+
+// The NUMA-balancing lines of /proc/vmstat. Machine-wide: every process's hinting faults and
+// migrations count, not only the measured one's.
+struct NumaVmstat {
+  long hint_faults = 0;        // numa_hint_faults
+  long hint_faults_local = 0;  // numa_hint_faults_local: the page was on the faulting CPU's node
+  long pages_migrated = 0;     // numa_pages_migrated
+  long pte_updates = 0;        // numa_pte_updates: PTEs the scanner made PROT_NONE
+};
+// nullopt when /proc/vmstat cannot be read or has no numa_hint_faults line (a kernel without
+// CONFIG_NUMA_BALANCING).
+std::optional<NumaVmstat> ReadNumaVmstat();
+
+// The calling thread's numa_pages_migrated from /proc/thread-self/sched (pages NUMA balancing
+// migrated on this task's hinting faults; needs CONFIG_SCHED_DEBUG); -1 if unreadable.
+long ThreadNumaPagesMigrated();
+
+// The scanner's pace as this machine sets it, "scan_delay_ms:1000,scan_period_min_ms:1000,..."
+// from /proc/sys/kernel/numa_balancing_scan_* (kernels before 5.13) or
+// /sys/kernel/debug/sched/numa_balancing/ (later ones); "unreadable" when neither can be read
+// (debugfs unmounted, or closed by kernel lockdown: this machine's lockdown=integrity refuses
+// even a read of them).
+std::string NumaScanKnobsText();
+
+// The addresses of the minor faults the calling thread takes in user mode, from a perf software
+// event (PERF_COUNT_SW_PAGE_FAULTS_MIN) that samples every fault with its address. A NUMA
+// hinting fault on a present page is a minor fault, so a loop that stamps each access can tell
+// exactly which accesses took one (rather than guess from the slowest stamps: the scanner's own
+// work runs on the same thread, from a tick, and makes long stamps that are not faults).
+class MinorFaultSampler {
+ public:
+  // Opens the event for the calling thread, with a ring buffer for at least `capacity` samples
+  // between two Drain calls.
+  explicit MinorFaultSampler(std::size_t capacity);
+  ~MinorFaultSampler();
+  MinorFaultSampler(const MinorFaultSampler&) = delete;
+  MinorFaultSampler& operator=(const MinorFaultSampler&) = delete;
+
+  // Empty when the event is open; otherwise why not ("perf_event_open page-faults-min: EACCES").
+  const std::string& error() const { return error_; }
+  // Appends the fault addresses sampled since the last call, oldest first.
+  void Drain(std::vector<uint64_t>* addresses);
+  // Samples the kernel dropped because the ring was full (PERF_RECORD_LOST), in all.
+  uint64_t lost() const { return lost_; }
+
+ private:
+  int fd_ = -1;
+  void* ring_ = nullptr;
+  std::size_t ring_bytes_ = 0;
+  std::size_t data_bytes_ = 0;
+  uint64_t lost_ = 0;
+  std::string error_;
+};
+
 }  // namespace faultlab

@@ -30,6 +30,50 @@
 //     migrate_pages/anon4k/from:N/to:M   migrate_pages(2) of a whole process: measured in a
 //         forked child holding the region, so it moves the child's other private pages on
 //         `from` too (process_pages_on_from, from numa_maps), never faultlab's own.
+//   hinting faults (NUMA balancing), 4 KiB pages, each in a forked child whose address space
+//   alone the scanner walks (faultlab sleeps meanwhile, and the scanner runs from a task's
+//   ticks; pages the child shares with faultlab are never marked), so faultlab's own memory
+//   takes no hinting fault in later rows:
+//     hinting/anon4k/cpu_node:N/mem_node:M/region_mib:R/seconds:S  kernel.numa_balancing set to
+//         1 for this row only, and only in a run given --numa-balancing (else a skip row saying
+//         so); through SystemSettings, so SIGINT/SIGTERM or a crash put the machine's value
+//         back. The region is filled on M (mbind MPOL_BIND), its policy reset to the default
+//         (a bound VMA is never migrated by balancing), then read one byte a page, a TSC stamp
+//         each, pass after pass from a CPU of N. A perf software event samples the address of
+//         every minor fault the worker takes, so the stamp of exactly each access that took a
+//         hinting fault is a sample (the slowest stamps would not do: a preemption, a tick, or
+//         the scanner's own work, which runs on this thread, makes long stamps that are no
+//         fault): the time column and mean_ns, p50_ns... are the kernel's hinting-fault round
+//         trip (ns_per_fault; the migration's copy included on a remote row). The child keeps a second, idle
+//         thread: the kernel does not mark pages already on the node of a single-threaded
+//         process, so a local cell would take no hinting fault at all (label
+//         companion_thread=idle). M == N (the one cell on a one-node machine) touches for S
+//         seconds; M != N stops when kConvergedShare (90%) of the pages are on N (placement
+//         queried every 100 ms), at S seconds at most: converged 1 and converge_ms, or
+//         converged 0 and no converge_ms, label not_converged_in=Ss.
+//         Counters: hint_faults (on the region), hint_faults_per_page, hint_faults_per_s,
+//         pages_hinted (pages that took at least one), faults_elsewhere (the worker's other
+//         minor faults: its stamp buffer and stack, which the scanner marks too), access_ns
+//         (the median stamp of a pass: an access without a fault), cpu_node_share and
+//         pages_node<N> at the end, migrated_per_page (pages no longer on M), task_pages_migrated
+//         (the worker's numa_pages_migrated, /proc/thread-self/sched), passes, touch_s, and the
+//         deltas of /proc/vmstat's vmstat_numa_hint_faults, _hint_faults_local, _pages_migrated,
+//         _pte_updates: machine-wide, every process's hinting faults count while the row runs
+//         (label vmstat=machine_wide). Checked: every region fault is among the machine's
+//         hinting faults, every word as written, still 4 KiB pages, all present; no fault at all
+//         in S seconds fails the row. The label says who set numa_balancing (set_by=faultlab
+//         machine_value=0, or set_by=machine) and the scanner's pace (scan=scan_delay_ms:...,
+//         or scan=unreadable: since 5.13 the knobs are in debugfs, which this machine's kernel
+//         lockdown closes even to reads; faultlab leaves them at the kernel's defaults).
+//     protnone_analogue/anon4k/cpu_node:N/mem_node:N/region_mib:R/rounds:K  the same round
+//         trip made in user space, no numa_balancing needed: the region mprotect'ed PROT_NONE
+//         (untimed), then one read a page, a TSC stamp each; a SIGSEGV handler mprotects the
+//         faulting page read/write and returns, and the read runs again. Every read must raise
+//         exactly one SIGSEGV; after the rounds the region is one VMA again (each page merged
+//         back), every word as written, every page on N. ns_per_fault, first_round_ns (round 0,
+//         apart), harness_ns and harness_ratio as first_touch. Beside the hinting row of the
+//         same run (with --numa-balancing) it shows what the kernel saves by keeping the VMA
+//         and the signal out of it: a hinting fault only restores the PTE.
 //
 // Premises, before any figure is kept: the worker is pinned to a CPU of the CPU node
 // (sched_getcpu and its node checked); every page (every 2 MiB for huge backings) is queried
@@ -40,12 +84,14 @@
 // first node number without memory (from:0/to:1) and says "needs a second NUMA node with memory;
 // this machine has 1".
 //
-// Options: --quick gives small regions and 3 repetitions (else 5). The CPU nodes are the nodes of
-// the run's CPUs (--cpu restricts them; the first run CPU of each node is the one used). --node N
-// restricts the rows to those whose memory side is N: matrix cells with mem_node N, bind and
-// preferred with target N, migration from or to N (interleave and local keep their nodes); as in
-// every suite, --node also restricts the run's CPUs to N's.
+// Options: --quick gives small regions and 3 repetitions (else 5; hinting rows 1, else 3, each
+// S = 6 s, else 20 s). The CPU nodes are the nodes of the run's CPUs (--cpu restricts them; the
+// first run CPU of each node is the one used). --node N restricts the rows to those whose memory
+// side is N: matrix cells, hinting and protnone_analogue rows with mem_node N, bind and preferred
+// with target N, migration from or to N (interleave and local keep their nodes); as in every
+// suite, --node also restricts the run's CPUs to N's. --numa-balancing lets the hinting rows run.
 
+#include <fcntl.h>
 #include <linux/mman.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -55,10 +101,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <new>
 #include <numeric>
@@ -66,12 +114,14 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "bench/guard_probe.h"
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
@@ -80,6 +130,8 @@
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
 #include "topology/hugetlb.h"
+#include "topology/kernel_files.h"
+#include "topology/system_settings.h"
 #include "topology/topology.h"
 
 namespace faultlab {
@@ -1084,6 +1136,658 @@ void RegisterMigration(const RunOptions& options, const Sizes& sizes,
   }
 }
 
+// --- Measuring in a forked child -------------------------------------------------------------
+
+// A Measurement sent through a pipe: every field in order, strings and vectors after their
+// length. Nothing is sent until the measurement is over.
+void PutRaw(std::string* out, const void* p, std::size_t n) {
+  out->append(static_cast<const char*>(p), n);
+}
+void PutSize(std::string* out, std::size_t n) { PutRaw(out, &n, sizeof(n)); }
+void PutDouble(std::string* out, double v) { PutRaw(out, &v, sizeof(v)); }
+void PutString(std::string* out, const std::string& s) {
+  PutSize(out, s.size());
+  out->append(s);
+}
+
+std::string Serialize(const Measurement& m) {
+  std::string out;
+  PutString(&out, m.skip);
+  PutString(&out, m.error);
+  PutString(&out, m.label);
+  PutDouble(&out, m.seconds);
+  PutDouble(&out, m.events);
+  PutSize(&out, m.samples_ns.size());
+  PutRaw(&out, m.samples_ns.data(), m.samples_ns.size() * sizeof(double));
+  PutSize(&out, m.figures.size());
+  for (const auto& [name, value] : m.figures) {
+    PutString(&out, name);
+    PutDouble(&out, value);
+  }
+  PutSize(&out, std::min(m.totals.names.size(), m.totals.sums.size()));
+  for (std::size_t i = 0; i < m.totals.names.size() && i < m.totals.sums.size(); ++i) {
+    PutString(&out, m.totals.names[i]);
+    PutDouble(&out, m.totals.sums[i]);
+  }
+  return out;
+}
+
+class WireReader {
+ public:
+  explicit WireReader(const std::string& in) : in_(in) {}
+  bool ok() const { return ok_; }
+  void Raw(void* p, std::size_t n) {
+    if (!ok_ || in_.size() - at_ < n) {
+      ok_ = false;
+      return;
+    }
+    std::memcpy(p, in_.data() + at_, n);
+    at_ += n;
+  }
+  std::size_t Size() {
+    std::size_t n = 0;
+    Raw(&n, sizeof(n));
+    // No count can exceed the bytes left: a damaged length stops here, not in a huge resize.
+    if (n > in_.size()) ok_ = false;
+    return ok_ ? n : 0;
+  }
+  double Double() {
+    double v = 0;
+    Raw(&v, sizeof(v));
+    return v;
+  }
+  std::string String() {
+    std::string s(Size(), '\0');
+    Raw(s.data(), s.size());
+    return s;
+  }
+  bool AtEnd() const { return at_ == in_.size(); }
+
+ private:
+  const std::string& in_;
+  std::size_t at_ = 0;
+  bool ok_ = true;
+};
+
+bool Deserialize(const std::string& bytes, Measurement* m) {
+  WireReader in(bytes);
+  m->skip = in.String();
+  m->error = in.String();
+  m->label = in.String();
+  m->seconds = in.Double();
+  m->events = in.Double();
+  m->samples_ns.resize(in.Size());
+  in.Raw(m->samples_ns.data(), m->samples_ns.size() * sizeof(double));
+  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
+    std::string name = in.String();
+    m->figures[name] = in.Double();
+  }
+  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
+    m->totals.names.push_back(in.String());
+    m->totals.sums.push_back(in.Double());
+  }
+  return in.ok() && in.AtEnd();
+}
+
+// Runs `measure` in a forked child and returns what it measured. The child dies with faultlab
+// (PR_SET_PDEATHSIG), so a run killed mid-row leaves no worker behind.
+Measurement MeasureInChild(const std::function<Measurement()>& measure) {
+  Measurement m;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    m.error = ErrnoText("pipe2");
+    return m;
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    m.error = ErrnoText("fork");
+    close(fds[0]);
+    close(fds[1]);
+    return m;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    Measurement r;
+    try {
+      r = measure();
+    } catch (const std::exception& e) {
+      r.error = std::string("the measuring child: ") + e.what();
+    }
+    const std::string bytes = Serialize(r);
+    for (std::size_t at = 0; at < bytes.size();) {
+      const ssize_t n = write(fds[1], bytes.data() + at, bytes.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) _exit(1);
+      at += static_cast<std::size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string bytes;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = read(fds[0], buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    bytes.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    m.error = WIFSIGNALED(status)
+                  ? absl::StrCat("the measuring child was killed by signal ", WTERMSIG(status))
+                  : absl::StrCat("the measuring child exited with status ", status);
+  } else if (!Deserialize(bytes, &m)) {
+    m = Measurement();
+    m.error = "the measuring child's result is incomplete";
+  }
+  return m;
+}
+
+// --- NUMA hinting faults -------------------------------------------------------------------
+
+struct HintingSizes {
+  long region_mib() const { return quick ? 64 : 256; }
+  // The local row touches for this long; a remote row stops when placement converged, or here.
+  int seconds() const { return quick ? 6 : 20; }
+  int repetitions() const { return quick ? 1 : 3; }
+  long analogue_mib() const { return quick ? 16 : 64; }
+  int analogue_rounds() const { return quick ? 4 : 8; }
+  bool quick;
+};
+
+// A remote row has converged when this share of its pages is on the CPU's node.
+constexpr double kConvergedShare = 0.9;
+// How often a remote row queries placement while it touches (every page, with move_pages).
+constexpr double kPlacementEveryNs = 100e6;
+
+// kernel.numa_balancing=1 for a scope, through SystemSettings: journalled before the write, so
+// SIGINT/SIGTERM (the handler) or a crash (`faultlab restore`, or the next run) put the
+// machine's value back; the end of the scope writes it back itself, so no other row runs with
+// balancing on. A machine that has it at 1 already is left alone.
+class NumaBalancingOn {
+ public:
+  NumaBalancingOn() {
+    const std::optional<std::string> old = ReadKernelFile(kNumaBalancingPath);
+    if (!old) {
+      error_ = absl::StrCat("cannot read ", kNumaBalancingPath);
+      return;
+    }
+    old_ = *old;
+    if (old_ == "1") return;
+    try {
+      const std::string got = SystemSettings::Get().Set(kNumaBalancingPath, "1");
+      changed_ = true;
+      if (got != "1") {
+        error_ = absl::StrCat("premise: ", kNumaBalancingPath, " reads ", got, " after writing 1");
+      }
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  }
+  ~NumaBalancingOn() {
+    if (!changed_) return;
+    try {
+      SystemSettings::Get().Set(kNumaBalancingPath, old_);
+    } catch (const std::exception& e) {
+      // Still journalled: RestoreAll at exit, or `faultlab restore`, tries again.
+      std::cerr << "faultlab: " << e.what() << "\n";
+    }
+  }
+  NumaBalancingOn(const NumaBalancingOn&) = delete;
+  NumaBalancingOn& operator=(const NumaBalancingOn&) = delete;
+
+  const std::string& error() const { return error_; }
+  // For the label: who turned it on, and what the machine had.
+  std::string LabelText() const {
+    return changed_ ? absl::StrCat("numa_balancing=1 set_by=faultlab machine_value=", old_)
+                    : "numa_balancing=1 set_by=machine";
+  }
+
+ private:
+  std::string old_;
+  std::string error_;
+  bool changed_ = false;
+};
+
+// A second thread in the measuring child, idle until the measurement ends. The kernel does not
+// mark pages that are already on the node of a single-threaded process (change_pte_range skips
+// them when mm_users is 1), so without it a local row never takes a hinting fault (measured
+// here: 4 minor faults in 8 s of touching 64 MiB alone; with it, every page faulted at each
+// scan). Both rows have it, so they differ in placement alone.
+class IdleCompanion {
+ public:
+  IdleCompanion() {
+    if (pipe2(fds_, O_CLOEXEC) != 0) {
+      error_ = ErrnoText("pipe2");
+      return;
+    }
+    thread_ = std::thread([fd = fds_[0]] {
+      char c;
+      while (read(fd, &c, 1) < 0 && errno == EINTR) {
+      }
+    });
+  }
+  ~IdleCompanion() {
+    if (!thread_.joinable()) return;
+    close(fds_[1]);  // its read returns 0: the thread ends
+    thread_.join();
+    close(fds_[0]);
+  }
+  IdleCompanion(const IdleCompanion&) = delete;
+  IdleCompanion& operator=(const IdleCompanion&) = delete;
+  const std::string& error() const { return error_; }
+
+ private:
+  int fds_[2] = {-1, -1};
+  std::thread thread_;
+  std::string error_;
+};
+
+struct HintingPlan {
+  int cpu = 0, cpu_node = 0, mem_node = 0;
+  std::size_t bytes = 0;
+  int seconds = 0;
+};
+
+// Every word as Fill wrote it; empty if so.
+std::string CheckPattern(const NumaRegion& region, const char* after) {
+  const auto* words = reinterpret_cast<const std::uint64_t*>(region.base());
+  for (std::size_t i = 0; i < region.bytes() / 8; ++i) {
+    if (words[i] != Pattern(i)) {
+      return absl::StrCat("data: page ", i * 8 / kPage4K, " word ", i % (kPage4K / 8),
+                          " changed ", after);
+    }
+  }
+  return {};
+}
+
+// In the measuring child, with numa_balancing on: the region placed on mem_node, then touched
+// (one read per page, a TSC stamp each) pass after pass from a CPU of cpu_node; the sampler
+// names the pages whose access took a hinting fault, and each such access's stamp is a sample.
+Measurement MeasureHinting(const HintingPlan& plan) {
+  Measurement m;
+  const bool local = plan.cpu_node == plan.mem_node;
+  const BackingKind& kind = KindOf(NumaBacking::kAnon4K);
+  // A VMA without a policy of its own follows the task's, which must be the default: the
+  // scanner passes by VMAs whose policy does not allow migrate-on-fault.
+  if (m.error = SetThreadPolicy(NumaPolicy::kDefault, {}); !m.error.empty()) return m;
+  if (m.error = PinTo(plan.cpu, plan.cpu_node); !m.error.empty()) return m;
+  IdleCompanion companion;
+  if (m.error = companion.error(); !m.error.empty()) return m;
+  NumaRegion region;
+  if (m.error = MapBoundPopulated(kind, plan.bytes, plan.mem_node, &region,
+                                  [&](char* base) { Fill(base, plan.bytes); });
+      !m.error.empty()) {
+    return m;
+  }
+  // The bind placed the pages. NUMA balancing never moves pages a VMA policy binds (without
+  // MPOL_F_NUMA_BALANCING), so the region goes back to the default policy before the touches.
+  if (m.error = SetRangePolicy(region.base(), plan.bytes, NumaPolicy::kDefault, {});
+      !m.error.empty()) {
+    return m;
+  }
+  const std::size_t count = plan.bytes / kPage4K;
+  const auto begin = reinterpret_cast<uintptr_t>(region.base());
+  // Room for every page to fault in one pass, and then some elsewhere.
+  MinorFaultSampler sampler(count + 4096);
+  if (!sampler.error().empty()) {
+    m.skip = "cannot tell which accesses took hinting faults: " + sampler.error();
+    return m;
+  }
+  const std::optional<NumaVmstat> vmstat_before = ReadNumaVmstat();
+  if (!vmstat_before) {
+    m.error = "premise: /proc/vmstat has no numa_hint_faults line";
+    return m;
+  }
+  const long migrated_before = ThreadNumaPagesMigrated();
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  const double ns_per_tick = TscNsPerTick();
+  std::vector<uint64_t> ticks(count), sorted(count), addresses;
+  addresses.reserve(count + 4096);
+  std::vector<std::uint8_t> faulted(count, 0);
+  std::vector<double> pass_medians;
+  std::size_t elsewhere = 0, passes = 0;
+  double converge_ns = -1, next_placement = 0;
+  const double start = MonotonicNs();
+  const double deadline = start + plan.seconds * 1e9;
+  // The scanner's first pass comes after about a second of the task's CPU time, which on a loaded
+  // machine takes longer in wall time: until a first hinting fault is seen, the window stretches
+  // up to 4x (the rates below are over the time actually spent).
+  const double last_chance = start + 4 * plan.seconds * 1e9;
+  for (double now = start; now < deadline || (m.samples_ns.empty() && now < last_chance);
+       now = MonotonicNs()) {
+    const std::vector<double> before = group.Read();
+    StampedTouch<false>(region.base(), kPage4K, count, ticks.data());
+    m.totals.Add(before, group.Read());
+    ++passes;
+    addresses.clear();
+    sampler.Drain(&addresses);
+    for (uint64_t a : addresses) {
+      if (a < begin || a >= begin + plan.bytes) {
+        ++elsewhere;  // the stamp buffer, the stack: the scanner marks every VMA
+        continue;
+      }
+      const std::size_t page = (a - begin) / kPage4K;
+      m.samples_ns.push_back(static_cast<double>(ticks[page]) * ns_per_tick);
+      faulted[page] = 1;
+    }
+    sorted = ticks;
+    std::nth_element(sorted.begin(), sorted.begin() + count / 2, sorted.end());
+    pass_medians.push_back(static_cast<double>(sorted[count / 2]) * ns_per_tick);
+    if (!local && now >= next_placement) {
+      next_placement = now + kPlacementEveryNs;
+      std::map<int, std::size_t> counts;
+      if (m.error = CheckAllOnNode(region.base(), plan.bytes, kPage4K, -1, &counts);
+          !m.error.empty()) {
+        return m;
+      }
+      if (counts[plan.cpu_node] >= kConvergedShare * static_cast<double>(count)) {
+        converge_ns = MonotonicNs() - start;
+        break;
+      }
+    }
+  }
+  const double elapsed_ns = MonotonicNs() - start;
+  const std::optional<NumaVmstat> vmstat_after = ReadNumaVmstat();
+  const long migrated_after = ThreadNumaPagesMigrated();
+  if (sampler.lost() > 0) {
+    m.error = absl::StrCat("perf dropped ", sampler.lost(), " fault samples: faults unattributed");
+    return m;
+  }
+  if (!vmstat_after) {
+    m.error = "premise: /proc/vmstat became unreadable";
+    return m;
+  }
+  const long machine_hints = vmstat_after->hint_faults - vmstat_before->hint_faults;
+  // Every minor fault on the populated region is a hinting fault; the machine's count holds
+  // them all (and every other process's).
+  if (static_cast<long>(m.samples_ns.size()) > machine_hints) {
+    m.error = absl::StrCat("premise: ", m.samples_ns.size(),
+                           " minor faults on the region, but /proc/vmstat counted ",
+                           machine_hints, " NUMA hinting faults");
+    return m;
+  }
+  if (m.samples_ns.empty()) {
+    m.error = absl::StrCat("no NUMA hinting fault on the region in ", 4 * plan.seconds,
+                           " s of touching (the machine's numa_pte_updates grew by ",
+                           vmstat_after->pte_updates - vmstat_before->pte_updates, ")");
+    return m;
+  }
+  // Nothing lost or changed by faults and migrations; still 4 KiB pages, all present.
+  if (m.error = CheckPattern(region, "after the hinting faults"); !m.error.empty()) return m;
+  if (m.error = CheckBacking(kind, region, "after the hinting faults"); !m.error.empty()) return m;
+  std::map<int, std::size_t> counts;
+  if (m.error = CheckAllOnNode(region.base(), plan.bytes, kPage4K, -1, &counts); !m.error.empty()) {
+    return m;
+  }
+  for (const auto& [node, n] : counts) {
+    if (node >= 0) m.figures[absl::StrCat("pages_node", node)] = static_cast<double>(n);
+  }
+  const double pages = static_cast<double>(count);
+  const double hints = static_cast<double>(m.samples_ns.size());
+  double mean = 0;
+  for (double ns : m.samples_ns) mean += ns;
+  mean /= hints;
+  std::nth_element(pass_medians.begin(), pass_medians.begin() + pass_medians.size() / 2,
+                   pass_medians.end());
+  m.seconds = mean * 1e-9;  // the time column: one hinting fault (the row is one iteration)
+  m.events = hints;
+  m.figures["ns_per_fault"] = mean;
+  m.figures["access_ns"] = pass_medians[pass_medians.size() / 2];
+  m.figures["hint_faults"] = hints;
+  m.figures["hint_faults_per_page"] = hints / pages;
+  m.figures["hint_faults_per_s"] = hints / (elapsed_ns * 1e-9);
+  m.figures["pages_hinted"] =
+      static_cast<double>(std::count(faulted.begin(), faulted.end(), std::uint8_t{1}));
+  m.figures["faults_elsewhere"] = static_cast<double>(elsewhere);
+  m.figures["pages"] = pages;
+  m.figures["passes"] = static_cast<double>(passes);
+  m.figures["touch_s"] = elapsed_ns * 1e-9;
+  const double on_cpu_node = static_cast<double>(counts[plan.cpu_node]);
+  m.figures["cpu_node_share"] = on_cpu_node / pages;
+  m.figures["migrated_per_page"] = static_cast<double>(count - counts[plan.mem_node]) / pages;
+  if (migrated_before >= 0 && migrated_after >= 0) {
+    m.figures["task_pages_migrated"] = static_cast<double>(migrated_after - migrated_before);
+  }
+  if (!local) {
+    m.figures["converged"] = converge_ns >= 0 ? 1 : 0;
+    if (converge_ns >= 0) m.figures["converge_ms"] = converge_ns * 1e-6;
+  }
+  m.figures["vmstat_numa_hint_faults"] = static_cast<double>(machine_hints);
+  m.figures["vmstat_numa_hint_faults_local"] =
+      static_cast<double>(vmstat_after->hint_faults_local - vmstat_before->hint_faults_local);
+  m.figures["vmstat_numa_pages_migrated"] =
+      static_cast<double>(vmstat_after->pages_migrated - vmstat_before->pages_migrated);
+  m.figures["vmstat_numa_pte_updates"] =
+      static_cast<double>(vmstat_after->pte_updates - vmstat_before->pte_updates);
+  if (!local && converge_ns < 0) {
+    m.label = absl::StrCat("not_converged_in=", plan.seconds, "s");
+  }
+  return m;
+}
+
+// --- The protnone analogue in user space ----------------------------------------------------
+
+// What a user-space runtime does to learn of an access: mprotect(PROT_NONE), and a SIGSEGV
+// handler that makes the faulting page accessible again and returns, so the access runs again.
+// While an UnprotectOnSegv lives, that is the process's SIGSEGV action for [base, base+bytes);
+// any other SIGSEGV goes to the action there was before. (guard_probe.h's SegvCatcher jumps out
+// of the access instead: it reports a fault, it does not repair one.)
+std::atomic<uintptr_t> g_unprotect_begin{0}, g_unprotect_end{0};
+std::atomic<std::size_t> g_unprotected{0}, g_unprotect_failed{0};
+struct sigaction g_before_unprotect;
+
+void OnProtnoneSegv(int signal, siginfo_t* info, void*) {
+  const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (info->si_code == SEGV_ACCERR && addr >= g_unprotect_begin.load() &&
+      addr < g_unprotect_end.load()) {
+    void* page = reinterpret_cast<void*>(addr & ~(uintptr_t{kPage4K} - 1));
+    if (mprotect(page, kPage4K, PROT_READ | PROT_WRITE) == 0) {
+      g_unprotected.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    // Out of VMAs (vm.max_map_count) or memory: the whole region, so the access completes; the
+    // measurement sees the count and fails.
+    g_unprotect_failed.fetch_add(1, std::memory_order_relaxed);
+    mprotect(reinterpret_cast<void*>(g_unprotect_begin.load()),
+             g_unprotect_end.load() - g_unprotect_begin.load(), PROT_READ | PROT_WRITE);
+    return;
+  }
+  sigaction(signal, &g_before_unprotect, nullptr);
+  if (info->si_code <= 0) raise(signal);
+}
+
+class UnprotectOnSegv {
+ public:
+  UnprotectOnSegv(char* base, std::size_t bytes) {
+    g_unprotect_begin = reinterpret_cast<uintptr_t>(base);
+    g_unprotect_end = reinterpret_cast<uintptr_t>(base) + bytes;
+    struct sigaction action = {};
+    action.sa_sigaction = OnProtnoneSegv;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGSEGV, &action, &g_before_unprotect) != 0) {
+      error_ = ErrnoText("sigaction(SIGSEGV)");
+      return;
+    }
+    installed_ = true;
+  }
+  ~UnprotectOnSegv() {
+    if (installed_) sigaction(SIGSEGV, &g_before_unprotect, nullptr);
+    g_unprotect_begin = 0;
+    g_unprotect_end = 0;
+  }
+  UnprotectOnSegv(const UnprotectOnSegv&) = delete;
+  UnprotectOnSegv& operator=(const UnprotectOnSegv&) = delete;
+  const std::string& error() const { return error_; }
+  std::size_t unprotected() const { return g_unprotected.load(); }
+  std::size_t failed() const { return g_unprotect_failed.load(); }
+
+ private:
+  std::string error_;
+  bool installed_ = false;
+};
+
+// Round 0 is reported apart (first_round_ns); every round mprotects the whole region PROT_NONE
+// (untimed) and reads one byte of each page, a TSC stamp each: trap, SIGSEGV delivery, the
+// handler's mprotect of one page (a VMA split, then a merge with the page before), sigreturn,
+// and the read again.
+Measurement MeasureProtnoneAnalogue(std::size_t bytes, int mem_node, int rounds) {
+  Measurement m;
+  const BackingKind& kind = KindOf(NumaBacking::kAnon4K);
+  NumaRegion region;
+  if (m.error = MapBoundPopulated(kind, bytes, mem_node, &region,
+                                  [&](char* base) { Fill(base, bytes); });
+      !m.error.empty()) {
+    return m;
+  }
+  UnprotectOnSegv handler(region.base(), bytes);
+  if (!handler.error().empty()) {
+    m.error = handler.error();
+    return m;
+  }
+  const std::size_t count = bytes / kPage4K;
+  const double ns_per_tick = TscNsPerTick();
+  std::vector<uint64_t> ticks(count);
+  CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
+  m.totals.names = group.names();
+  // The same stamped loop over accessible pages: the harness without a fault.
+  StampedTouch<false>(region.base(), kPage4K, count, ticks.data());
+  std::nth_element(ticks.begin(), ticks.begin() + count / 2, ticks.end());
+  const double harness_ns = static_cast<double>(ticks[count / 2]) * ns_per_tick;
+  m.samples_ns.reserve(count * static_cast<std::size_t>(rounds));
+  double first_round_ns = 0;
+  for (int r = 0; r <= rounds; ++r) {
+    if (mprotect(region.base(), bytes, PROT_NONE) != 0) {
+      m.error = ErrnoText("mprotect(PROT_NONE)");
+      return m;
+    }
+    const std::size_t unprotected = handler.unprotected();
+    const std::vector<double> before = group.Read();
+    StampedTouch<false>(region.base(), kPage4K, count, ticks.data());
+    if (r > 0) m.totals.Add(before, group.Read());
+    if (handler.failed() > 0) {
+      m.error = absl::StrCat("the handler's mprotect of one page failed ", handler.failed(),
+                             " times (vm.max_map_count?)");
+      return m;
+    }
+    if (handler.unprotected() - unprotected != count) {
+      m.error = absl::StrCat("premise: ", handler.unprotected() - unprotected, " of ", count,
+                             " reads of PROT_NONE pages raised SIGSEGV");
+      return m;
+    }
+    double round_ns = 0;
+    for (uint64_t t : ticks) {
+      const double ns = static_cast<double>(t) * ns_per_tick;
+      round_ns += ns;
+      if (r > 0) m.samples_ns.push_back(ns);
+    }
+    if (r == 0) first_round_ns = round_ns / static_cast<double>(count);
+  }
+  // Each page's mprotect merged it back into the one VMA; data, pages and node as they were.
+  if (const int vmas = CountVmas(region.base(), bytes); vmas != 1) {
+    m.error = absl::StrCat("premise: the region spans ", vmas, " VMAs after the rounds, not 1");
+    return m;
+  }
+  if (m.error = CheckMoved(kind, region, mem_node, "after the protnone rounds"); !m.error.empty()) {
+    return m;
+  }
+  double mean = 0;
+  for (double ns : m.samples_ns) mean += ns;
+  mean /= static_cast<double>(m.samples_ns.size());
+  m.seconds = mean * 1e-9 * static_cast<double>(m.samples_ns.size());
+  m.events = static_cast<double>(m.samples_ns.size());
+  m.figures["ns_per_fault"] = mean;
+  m.figures["first_round_ns"] = first_round_ns;
+  m.figures["harness_ns"] = harness_ns;
+  m.figures["harness_ratio"] = mean > 0 ? harness_ns / mean : 0;
+  m.figures["pages"] = static_cast<double>(count);
+  m.figures["rounds"] = rounds;
+  return m;
+}
+
+void RegisterHinting(const RunOptions& options, const std::map<int, int>& cpu_nodes,
+                     const std::vector<int>& mem_nodes) {
+  const HintingSizes sizes{options.quick};
+  const long mib = sizes.region_mib();
+  const int seconds = sizes.seconds();
+  const std::string scan = NumaScanKnobsText();
+  for (const auto& [cpu_node, cpu] : cpu_nodes) {
+    // Each memory node, and on a one-node machine the first node without memory as a skip row.
+    std::vector<std::pair<int, std::string>> targets;
+    for (int mem_node : mem_nodes) {
+      if (!options.node || *options.node == mem_node) targets.push_back({mem_node, ""});
+    }
+    if (mem_nodes.size() == 1) {
+      targets.push_back({FirstNodeWithoutMemory(),
+                         WhyUnavailable(Feature::kNumaMulti).value_or(WhyNotTwoMemoryNodes())});
+    }
+    for (const auto& [mem_node, skip] : targets) {
+      HintingPlan plan{cpu, cpu_node, mem_node, static_cast<std::size_t>(mib) << 20, seconds};
+      const std::string why = skip;
+      Register("numa/hinting/anon4k", {cpu_node, mem_node, mib, seconds},
+               {"cpu_node", "mem_node", "region_mib", "seconds"}, 1, sizes.repetitions(),
+               [=](benchmark::State& st) {
+                 Measurement m;
+                 m.skip = why;
+                 if (m.skip.empty()) m.skip = WhyUnavailable(Feature::kNumaBalancing).value_or("");
+                 if (m.skip.empty() && !CurrentRunOptions().numa_balancing) {
+                   m.skip =
+                       "needs run --numa-balancing (faultlab turns kernel.numa_balancing on "
+                       "only when asked)";
+                 }
+                 std::string balancing;
+                 if (m.skip.empty()) {
+                   // On for this row only; the child's mm alone is scanned while it touches
+                   // (faultlab's own process sleeps in read(), and ticks drive the scanner).
+                   NumaBalancingOn on;
+                   balancing = on.LabelText();
+                   m.error = on.error();
+                   if (m.error.empty()) m = MeasureInChild([&] { return MeasureHinting(plan); });
+                 }
+                 std::string label = absl::StrCat("cpu=", cpu, " cpu_node=", cpu_node,
+                                                  " node=", mem_node, " backing=anon4k ",
+                                                  balancing, " scan=", scan,
+                                                  " companion_thread=idle",
+                                                  " vmstat=machine_wide");
+                 if (!m.label.empty()) absl::StrAppend(&label, " ", m.label);
+                 Finish(st, m, label);
+               });
+    }
+  }
+  // The analogue, where the memory is local to the CPU (one row per CPU node).
+  const long analogue_mib = sizes.analogue_mib();
+  const int rounds = sizes.analogue_rounds();
+  const std::size_t bytes = static_cast<std::size_t>(analogue_mib) << 20;
+  for (const auto& [cpu_node, cpu] : cpu_nodes) {
+    const int mem_node =
+        std::find(mem_nodes.begin(), mem_nodes.end(), cpu_node) != mem_nodes.end()
+            ? cpu_node
+            : mem_nodes.front();
+    if (options.node && *options.node != mem_node) continue;
+    const int64_t faults = static_cast<int64_t>(bytes / kPage4K) * rounds;
+    const int pin_cpu = cpu, cn = cpu_node;
+    Register("numa/protnone_analogue/anon4k", {cpu_node, mem_node, analogue_mib, rounds},
+             {"cpu_node", "mem_node", "region_mib", "rounds"}, faults,
+             Sizes{options.quick}.repetitions(),
+             [=](benchmark::State& st) {
+               Measurement m;
+               m.error = PinTo(pin_cpu, cn);
+               if (m.error.empty()) m = MeasureProtnoneAnalogue(bytes, mem_node, rounds);
+               Finish(st, m,
+                      absl::StrCat("cpu=", pin_cpu, " cpu_node=", cn, " node=", mem_node,
+                                   " backing=anon4k handler=mprotect_page_rw"));
+             });
+  }
+}
+
 void RegisterNumaSuite(const RunOptions& options) {
   const Sizes sizes{options.quick};
   const std::map<int, int> cpu_nodes = CpuNodes(options);
@@ -1091,6 +1795,7 @@ void RegisterNumaSuite(const RunOptions& options) {
   RegisterMatrix(options, sizes, cpu_nodes, mem_nodes);
   RegisterPolicies(options, sizes, cpu_nodes, mem_nodes);
   RegisterMigration(options, sizes, mem_nodes);
+  RegisterHinting(options, cpu_nodes, mem_nodes);
 }
 
 std::vector<SuiteVariant> NumaVariants() {
@@ -1103,12 +1808,15 @@ std::vector<SuiteVariant> NumaVariants() {
       {"remote cells, preferred, migration", {Feature::kNumaMulti}},
       {"hugetlb2m migration", {Feature::kNumaMulti, Feature::kHugetlb2M}, kPage2M,
        2 * quick.move_mib(NumaBacking::kHugetlb2M) / 2},
+      {"hinting (with run --numa-balancing)", {Feature::kNumaBalancing}},
+      {"hinting, remote cells", {Feature::kNumaBalancing, Feature::kNumaMulti}},
   };
 }
 
 FAULTLAB_SUITE(Suite{"numa",
                      "NUMA placement: first touch, load latency and read bandwidth per CPU node and "
-                     "memory node; memory policies; move_pages, mbind and migrate_pages",
+                     "memory node; memory policies; move_pages, mbind and migrate_pages; NUMA "
+                     "hinting faults (run --numa-balancing) beside a user-space protnone analogue",
                      NumaVariants(), RegisterNumaSuite});
 
 }  // namespace

@@ -27,6 +27,8 @@ struct RunOptions {
   std::vector<std::string> counters;     // perf event names
   std::optional<int> cow_pte_prctl;      // the COW-PTE series' prctl number, if the user gave it
   std::optional<int> repetitions;        // --repetitions: overrides every suite's count
+  bool numa_balancing = false;           // --numa-balancing: the numa suite's hinting rows may
+                                         //   turn kernel.numa_balancing on around themselves
 };
 
 // Repetitions of every benchmark: --repetitions if given, else 3 with --quick and 5 without

@@ -4,17 +4,31 @@
 // kernel lacks). A failed premise (a row whose message is not "skipped: ...") fails the test.
 // The rows expected follow from the machine's node counts.
 //
+// The hinting rows turn kernel.numa_balancing on only in a run given --numa-balancing: without
+// it they are skip rows naming the flag; with it they run, and the machine's value is back after
+// the run, and after a run killed with SIGTERM while a row had it on. Those tests point
+// FAULTLAB_JOURNAL at a scratch file and hold the cli_ tests' resource lock (tests/CMakeLists.txt).
+//
 // These tests check behaviour, never time.
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/kernel_features.h"
 #include "bench/numa_probe.h"
 #include "tests/cli_support.h"
 
@@ -37,6 +51,12 @@ std::set<int> CpuNodesOfThisProcess() {
   return nodes;
 }
 
+bool HasMemory(long node) {
+  const std::vector<int> memory = faultlab::NodesWithMemory();
+  return std::find(memory.begin(), memory.end(), node) != memory.end() ||
+         (memory.empty() && node == 0);
+}
+
 // The reason a skip row must name, by what it is.
 void ExpectSkipNamesWhatIsMissing(const json& row, std::size_t memory_nodes) {
   const std::string name = row["name"];
@@ -45,10 +65,16 @@ void ExpectSkipNamesWhatIsMissing(const json& row, std::size_t memory_nodes) {
   ASSERT_EQ(message.rfind("skipped: ", 0), 0u) << "a failed row, not a skip";
   const std::vector<std::string> parts = Split(name);
   const bool two_nodes = parts[1] == "move_pages" || parts[1] == "mbind_move" ||
-                         parts[1] == "migrate_pages" || parts[2] == "preferred";
+                         parts[1] == "migrate_pages" || parts[2] == "preferred" ||
+                         (parts[1] == "hinting" && !HasMemory(NamedArg(name, "mem_node")));
   if (two_nodes && memory_nodes < 2) {
     EXPECT_NE(message.find("needs a second NUMA node with memory; this machine has 1"),
               std::string::npos);
+    return;
+  }
+  if (parts[1] == "hinting") {
+    // The flag, or what the kernel lacks for it (/proc/sys/kernel/numa_balancing).
+    EXPECT_NE(message.find("numa_balancing"), std::string::npos);
     return;
   }
   if (parts[2] == "weighted_interleave") {
@@ -135,6 +161,56 @@ void ExpectRanVerified(const json& row, std::size_t memory_nodes) {
     }
     return;
   }
+  if (what == "protnone_analogue") {
+    const long mem = NamedArg(name, "mem_node");
+    EXPECT_NE(label.find(" node=" + std::to_string(mem) + " "), std::string::npos) << label;
+    EXPECT_NE(label.find(" handler=mprotect_page_rw"), std::string::npos) << label;
+    const double per_fault = Counter(row, "ns_per_fault");
+    EXPECT_GT(per_fault, 50);
+    EXPECT_LT(per_fault, 10e6);
+    EXPECT_EQ(Counter(row, "pages"), NamedArg(name, "region_mib") * 256.0);
+    EXPECT_GT(Counter(row, "first_round_ns"), 0);
+    EXPECT_GT(Counter(row, "harness_ns"), 0);
+    EXPECT_NEAR(row["real_time"].get<double>(), per_fault, per_fault * 0.01);
+    return;
+  }
+  if (what == "hinting") {
+    const long cpu_node = NamedArg(name, "cpu_node");
+    const long mem = NamedArg(name, "mem_node");
+    EXPECT_NE(label.find(" node=" + std::to_string(mem) + " "), std::string::npos) << label;
+    EXPECT_NE(label.find(" numa_balancing=1 set_by="), std::string::npos) << label;
+    EXPECT_NE(label.find(" vmstat=machine_wide"), std::string::npos) << label;
+    const double pages = Counter(row, "pages");
+    EXPECT_EQ(pages, NamedArg(name, "region_mib") * 256.0);
+    // The region's faults, each one a hinting fault the machine counted too.
+    const double hints = Counter(row, "hint_faults");
+    EXPECT_GT(hints, 0);
+    EXPECT_LE(hints, Counter(row, "vmstat_numa_hint_faults"));
+    EXPECT_GT(Counter(row, "pages_hinted"), 0);
+    EXPECT_LE(Counter(row, "pages_hinted"), pages);
+    EXPECT_DOUBLE_EQ(Counter(row, "hint_faults_per_page"), hints / pages);
+    EXPECT_GT(Counter(row, "p50_ns"), 50);
+    EXPECT_NEAR(row["real_time"].get<double>(), Counter(row, "ns_per_fault"),
+                Counter(row, "ns_per_fault") * 0.01);
+    double counted = 0;
+    for (auto it = row.begin(); it != row.end(); ++it) {
+      if (it.key().rfind("pages_node", 0) == 0) counted += it.value().get<double>();
+    }
+    EXPECT_EQ(counted, pages);
+    if (cpu_node == mem) {
+      // Nowhere to migrate to: every page stays where it was placed.
+      EXPECT_EQ(Counter(row, "pages_node" + std::to_string(mem)), pages);
+      EXPECT_EQ(Counter(row, "migrated_per_page"), 0);
+      EXPECT_FALSE(row.contains("converged"));
+    } else if (Counter(row, "converged") == 1) {
+      EXPECT_GT(Counter(row, "converge_ms"), 0);
+      EXPECT_GE(Counter(row, "cpu_node_share"), 0.9);
+    } else {
+      EXPECT_FALSE(row.contains("converge_ms"));
+      EXPECT_NE(label.find(" not_converged_in="), std::string::npos) << label;
+    }
+    return;
+  }
   // Migration rows.
   EXPECT_NE(label.find(" data=verified"), std::string::npos) << label;
   EXPECT_GT(Counter(row, "pages_per_s"), 0);
@@ -189,6 +265,9 @@ TEST(CliNuma, QuickRunVerifiesEveryRowOrSkipsItWithTheReason) {
   EXPECT_EQ(per_case["move_pages"], 3 * 3 * 3 * pairs);
   EXPECT_EQ(per_case["mbind_move"], 3 * 3 * pairs);
   EXPECT_EQ(per_case["migrate_pages"], 3 * pairs);
+  // One repetition of each hinting cell in --quick; a skip row naming node 1 on one node.
+  EXPECT_EQ(per_case["hinting"], c * (m > 1 ? m : 2));
+  EXPECT_EQ(per_case["protnone_analogue"], 3 * c);
   // At least the 4 KiB matrix cells and local and bind policies run anywhere.
   EXPECT_GE(ran, 3 * (3 * c * m + c + c * m));
 }
@@ -215,6 +294,151 @@ TEST(CliNuma, HugetlbRowsRunWithReservedPages) {
     ASSERT_FALSE(Skipped(row)) << row["name"] << ": " << ErrorMessage(row);
     ExpectRanVerified(row, memory.size());
   }
+}
+
+// Rows of the hinting case that have a memory node here (a skip row names the one it lacks).
+std::vector<json> HintingRowsWithMemory(const json& results) {
+  std::vector<json> rows;
+  for (const json& row : IterationRows(results, "numa/hinting/")) {
+    if (HasMemory(NamedArg(row["name"], "mem_node"))) rows.push_back(row);
+  }
+  return rows;
+}
+
+TEST(CliNuma, NumaBalancingWithoutTheNumaSuiteIsBadInput) {
+  ScratchDir scratch;
+  const fs::path out = scratch.path() / "never-created";
+  const Outcome outcome =
+      Faultlab({"run", "--suite", "fork", "--numa-balancing", "--out", out.string()}, scratch);
+  EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+  EXPECT_EQ(std::count(outcome.err.begin(), outcome.err.end(), '\n'), 1) << outcome.err;
+  EXPECT_NE(outcome.err.find("--numa-balancing"), std::string::npos) << outcome.err;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// Without --numa-balancing the hinting rows skip, naming the flag, and numa_balancing is not
+// touched; the protnone analogue needs nothing and runs.
+TEST(CliNuma, HintingRowsSkipWithoutTheFlag) {
+  const long before = ReadLong(faultlab::kNumaBalancingPath);
+  const RunOutcome outcome = RunQuick({"--filter", "numa/(hinting|protnone_analogue)/"});
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  EXPECT_EQ(ReadLong(faultlab::kNumaBalancingPath), before);
+  const std::vector<json> hinting = IterationRows(outcome.results, "numa/hinting/");
+  ASSERT_FALSE(hinting.empty());
+  for (const json& row : hinting) {
+    ASSERT_TRUE(Skipped(row)) << row["name"];
+    if (HasMemory(NamedArg(row["name"], "mem_node"))) {
+      ExpectSkipWithReason(row, faultlab::WhyUnavailable(faultlab::Feature::kNumaBalancing)
+                                    ? "numa_balancing"
+                                    : "--numa-balancing");
+    } else {
+      ExpectSkipWithReason(row, "needs a second NUMA node with memory");
+    }
+  }
+  const std::vector<json> analogue = IterationRows(outcome.results, "numa/protnone_analogue/");
+  ASSERT_FALSE(analogue.empty());
+  for (const json& row : analogue) {
+    ASSERT_FALSE(Skipped(row)) << row["name"] << ": " << ErrorMessage(row);
+    ExpectRanVerified(row, faultlab::NodesWithMemory().size());
+  }
+  EXPECT_EQ(outcome.results["context"]["faultlab"]["options"]["numa_balancing_opt_in"], false);
+}
+
+// Points FAULTLAB_JOURNAL at a scratch file for the test's runs (they inherit the environment).
+class ScratchJournal {
+ public:
+  explicit ScratchJournal(const ScratchDir& scratch) : path_(scratch.path() / "journal") {
+    setenv("FAULTLAB_JOURNAL", path_.c_str(), 1);
+  }
+  ~ScratchJournal() { unsetenv("FAULTLAB_JOURNAL"); }
+  ScratchJournal(const ScratchJournal&) = delete;
+  ScratchJournal& operator=(const ScratchJournal&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// With the flag the hinting rows run with numa_balancing on, and the machine's value is back
+// after the run; the environment records the machine's value, the options the opt-in.
+TEST(CliNuma, HintingRowsRunWithTheFlagAndPutNumaBalancingBack) {
+  if (auto why = faultlab::WhyUnavailable(faultlab::Feature::kNumaBalancing)) GTEST_SKIP() << *why;
+  const long before = ReadLong(faultlab::kNumaBalancingPath);
+  ScratchDir scratch;
+  ScratchJournal journal(scratch);
+  const RunOutcome outcome = RunQuick({"--numa-balancing", "--filter", "numa/hinting/"});
+  EXPECT_EQ(ReadLong(faultlab::kNumaBalancingPath), before) << "numa_balancing not put back";
+  EXPECT_FALSE(fs::exists(journal.path()));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  const std::vector<json> rows = HintingRowsWithMemory(outcome.results);
+  ASSERT_FALSE(rows.empty());
+  const std::string set_by = before == 1 ? " set_by=machine"
+                                         : " set_by=faultlab machine_value=" +
+                                               std::to_string(before);
+  for (const json& row : rows) {
+    ASSERT_FALSE(Skipped(row)) << row["name"] << ": " << ErrorMessage(row);
+    ExpectRanVerified(row, faultlab::NodesWithMemory().size());
+    EXPECT_NE(row.value("label", "").find(set_by), std::string::npos) << row["label"];
+  }
+  const json& context = outcome.results["context"]["faultlab"];
+  EXPECT_EQ(context["options"]["numa_balancing_opt_in"], true);
+  EXPECT_EQ(context["environment"]["numa_balancing"], before);
+}
+
+// A run killed with SIGTERM while a hinting row has numa_balancing on puts the machine's value
+// back and removes its journal; its measuring child dies with it.
+TEST(CliNuma, NumaBalancingIsRestoredWhenTheRunIsKilled) {
+  if (auto why = faultlab::WhyUnavailable(faultlab::Feature::kNumaBalancing)) GTEST_SKIP() << *why;
+  const long before = ReadLong(faultlab::kNumaBalancingPath);
+  if (before == 1) GTEST_SKIP() << "numa_balancing is 1 on this machine: a run changes nothing";
+  const std::vector<int> memory = faultlab::NodesWithMemory();
+  const int node = memory.empty() ? 0 : memory.front();
+  ScratchDir scratch;
+  const fs::path journal = scratch.path() / "journal";
+  const fs::path out = scratch.path() / "out";
+  const std::string filter =
+      "numa/hinting/anon4k/cpu_node:[0-9]+/mem_node:" + std::to_string(node) + "/";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
+    freopen("/dev/null", "w", stdout);
+    freopen((scratch.path() / "stderr").c_str(), "w", stderr);
+    execl(FAULTLAB_BINARY, FAULTLAB_BINARY, "run", "--quick", "--suite", "numa",
+          "--numa-balancing", "--filter", filter.c_str(), "--out", out.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the row has numa_balancing on and its measuring child runs (the child is a fork
+  // of the run: its command line names --out too).
+  bool on = false;
+  for (int i = 0; i < 1200 && !on; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    on = ReadLong(faultlab::kNumaBalancingPath) == 1 && fs::exists(journal) &&
+         ProcessesWith(out.string()).size() >= 2;
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const long after = ReadLong(faultlab::kNumaBalancingPath);
+  if (after != before) {
+    // The test failed; the journal still puts the machine back.
+    ScratchDir restore_scratch;
+    ScratchJournal restore_journal(scratch);
+    Faultlab({"restore"}, restore_scratch);
+  }
+  ASSERT_TRUE(on) << Slurp(scratch.path() / "stderr");
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
+  EXPECT_EQ(after, before);
+  EXPECT_FALSE(fs::exists(journal));
+  EXPECT_FALSE(fs::exists(out)) << "a killed run left its output directory behind";
+  std::vector<int> survivors;
+  for (int i = 0; i < 20; ++i) {
+    survivors = ProcessesWith(out.string());
+    if (survivors.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(survivors.empty()) << survivors.size() << " processes of the killed run survive";
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // What the CLI tests share: a scratch directory, reading a file whole, running the faultlab
-// binary (FAULTLAB_BINARY, set by tests/CMakeLists.txt) with its output captured, and reading
-// the results.json a run writes: its iteration rows, their names' parts and counters, and the
-// skip rows' reasons.
+// binary (FAULTLAB_BINARY, set by tests/CMakeLists.txt) with its output captured, finding the
+// processes of a run, and reading the results.json a run writes: its iteration rows, their
+// names' parts and counters, and the skip rows' reasons.
 #pragma once
 
 #include <sched.h>
@@ -71,6 +71,22 @@ inline long ReadLong(const std::string& path) {
   long value = -1;
   in >> value;
   return value;
+}
+
+// The pids of processes whose command line contains `needle` (a run's --out directory names
+// the run and every worker it forked).
+inline std::vector<int> ProcessesWith(const std::string& needle) {
+  std::vector<int> pids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
+    // Arguments are NUL-separated; a needle without NULs matches within one argument.
+    if (Slurp(entry.path() / "cmdline").find(needle) != std::string::npos) {
+      pids.push_back(std::stoi(name));
+    }
+  }
+  return pids;
 }
 
 // The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.

@@ -31,22 +31,6 @@ namespace {
 
 using namespace faultlab::cli_test;
 
-// The pids of processes whose command line contains `needle`.
-std::vector<int> ProcessesWith(const std::string& needle) {
-  std::vector<int> pids;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
-    // Arguments are NUL-separated; a needle without NULs matches within one argument.
-    if (Slurp(entry.path() / "cmdline").find(needle) != std::string::npos) {
-      pids.push_back(std::stoi(name));
-    }
-  }
-  return pids;
-}
-
-
 // A filter for one fast single-worker case.
 constexpr const char* kWriteCase = "fault/write/anon4k/.*procs:1/.*threads:1$";
 

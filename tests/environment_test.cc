@@ -312,7 +312,7 @@ TEST(KernelFeatures, AnswersAreStable) {
   // Cached: asking twice gives the same answer, and each reason is a single line.
   for (Feature feature : {Feature::kThp, Feature::kHugetlb2M, Feature::kHugetlb1G, Feature::kMemfd,
                           Feature::kUserfaultfd, Feature::kHardwarePmu, Feature::kPerfKernel,
-                          Feature::kNumaMulti, Feature::kGuardRegions}) {
+                          Feature::kNumaMulti, Feature::kGuardRegions, Feature::kNumaBalancing}) {
     std::optional<std::string> first = WhyUnavailable(feature);
     EXPECT_EQ(first, WhyUnavailable(feature));
     if (first) {
