@@ -7,6 +7,20 @@
 // fast path costs by itself, and lets designs the running kernel lacks (COW-PTE) be compared with
 // the classic path on the same memory in the same run.
 //
+// Rows (each case's comment below says what it times and what it reports):
+//   model/baseline/{clear_4k,copy_4k}
+//   model/{zeropage_read,anon_write,write_after_zeropage,cow_copy,cow_reuse}/anon4k
+//   model/marker_scan/{pte_table,entry_of}, model/marker_fault/{uffd_wp,guard,poison}
+//   model/uffd/{missing_copy,missing_zeropage,minor_continue}/{anon4k,shmem}
+//   model/uffd_wp/{protect,unprotect}, model/zap/{shmem,shmem_wp}
+//   model/guard/{install,remove}/anon4k
+//   model/fork/{classic,cow_pte_eager,cow_pte_lazy}/rss_mib:N
+//   model/cow_pte_break/{reuse,copy_eager,copy_lazy}
+//   model/migrate/anon4k, model/numa_hint/{restore,migrate}: one thread
+//   model/{numa_hint/restore,numa_hint/migrate,migrate}/anon4k/threads:N, N = 1, 2, 4, ... and the
+//     run's CPU count; model/numa_scan/anon4k/threads:N, N up to one CPU fewer (the scanner's)
+//   model/scaling/anon_write/threads:{1,2}
+//
 // Conventions, shared with suite `fault`:
 // - Names are model/<case>/<variant>[/<named args>], e.g. model/fork/classic/rss_mib:64.
 // - The worker is pinned (PinWorker) before anything is built. The model's Machine is built once
@@ -31,6 +45,8 @@
 //   read): a case that measured the wrong path fails its row with "model: premise: ...".
 //   Unavailable combinations (minor mode on anonymous memory, two threads on one CPU) are skip
 //   rows with the reason.
+// - Rows with threads pin each thread to its own CPU of the run (--cpu), give it its own Cpu on
+//   every simulated node, and start its rounds with the others' at a barrier (RunThreadedPhase).
 
 #include <algorithm>
 #include <atomic>
@@ -39,6 +55,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <new>
 #include <optional>
@@ -536,12 +553,14 @@ class FrameBaseline {
   double Copy(Meter& meter) {
     const std::size_t n = pairs();
     meter.Start();
-    for (std::size_t i = 0; i < n; ++i) {
-      std::memcpy(machine_.frame(frames_[n + i]), machine_.frame(frames_[i]), kPageSize);
-    }
+    for (std::size_t i = 0; i < n; ++i) CopyPair(i);
     benchmark::ClobberMemory();
     meter.Stop(static_cast<double>(n));
     return static_cast<double>(n);
+  }
+  // The memcpy of pair i alone, for loops that stamp each copy.
+  void CopyPair(std::size_t i) const {
+    std::memcpy(machine_.frame(frames_[pairs() + i]), machine_.frame(frames_[i]), kPageSize);
   }
 
  private:
@@ -1652,167 +1671,357 @@ void RunNumaHint(benchmark::State& state, bool migrate, const Sizes& sizes) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// model/scaling/anon_write/threads:{1,2}: write faults on none by `threads` threads at once, each
-// its own Cpu pinned to its own CPU of the run (--cpu), each on its own VMA of one address space
-// (disjoint ranges, no shared page table). Rounds start together at a barrier; a round's wall time
-// is from the first start to the last end. The time column is wall time per fault over all
-// threads (inverse throughput); faults_per_sec is the throughput of the median round and
-// thread_ns_per_fault what one fault took its thread. threads:2 runs the one-thread phase first in
-// the same function run: speedup_vs_1 (median rounds), target ≥ 1.8.
+// Threaded phases, the frame of every case with threads. A phase runs `threads` workers at once,
+// each pinned to its own CPU of the run (--cpu; worker 0 is the benchmark's own thread, pinned by
+// CaseSetup), each with its own Cpu on every simulated node (worker 0 uses CaseSetup's), all in
+// one address space. Rounds start together at a barrier; a round's wall time runs from the first
+// worker's start to the last one's end. A case may add a background thread, pinned to one more
+// CPU, that runs from the end of the warm-up until every worker has finished its last round (the
+// NUMA scanner). A failure in any thread makes every thread skip its remaining steps, but each
+// still arrives at every barrier, so nobody waits out the barrier's timeout.
 
-struct ScalingPhase {
-  std::vector<double> round_wall_ns;  // first start to last end, per round
-  double faults_per_round = 0;        // all threads'
-  double thread_ns = 0;               // summed per-thread fault time
-  double counted_ns = 0;              // summed per-thread windows of the counter reads
-  CounterTotals totals;
-  std::string error;  // the model failed
-  std::string skip;   // the machine cannot run it (a worker could not be pinned)
+// What a thread of a phase has: its index (the background thread's is `threads`) and its Cpus,
+// by simulated node.
+struct PhaseThread {
+  int index = 0;
+  std::vector<Cpu*> cpus;
+  Cpu& cpu(int node = 0) const { return *cpus[static_cast<std::size_t>(node)]; }
 };
 
-ScalingPhase RunScalingPhase(CaseSetup& setup, AddressSpace& space, int threads,
-                             const Sizes& sizes) {
-  const std::uint64_t pages = sizes.scaling_pages;
-  const std::uint64_t bytes = pages * kPageSize;
-  const int rounds = sizes.scaling_rounds;
+// Per-operation stamps inside a timed round: Tick() after each operation keeps the TSC ticks since
+// the previous stamp (one operation, the loop and one stamp), so the rounds give the distribution
+// of single operations beside their mean: a fault is one-shot by nature and its tail matters.
+// rdtsc does not serialise (a model operation has no trap to do it), so a stamp may overlap its
+// neighbours by a few cycles; here it costs ~10 ns and resolves ~10 ns (harness_ratio says what
+// it adds to a mean).
+class OpStamps {
+ public:
+  OpStamps(std::vector<std::uint64_t>& ticks, std::uint64_t start) : ticks_(ticks), prev_(start) {}
+  void Tick() {
+    const std::uint64_t now = TscNow();
+    ticks_.push_back(now - prev_);
+    prev_ = now;
+  }
+
+ private:
+  std::vector<std::uint64_t>& ticks_;
+  std::uint64_t prev_;
+};
+
+// A case's steps; each runs on the thread it is given. Only `round` is required.
+struct PhaseHooks {
+  // Untimed: once per worker before the first round, and before and after each round.
+  std::function<void(const PhaseThread&)> warm_up;
+  std::function<void(const PhaseThread&, int round)> before_round;
+  // The timed part of a round; returns the operations it did. With `stamps`, it stamps each one.
+  std::function<std::uint64_t(const PhaseThread&, int round, OpStamps* stamps)> round;
+  std::function<void(const PhaseThread&, int round)> after_round;
+  // The background thread's work: it returns once `stop` is set.
+  std::function<void(const PhaseThread&, const std::atomic<bool>& stop)> background;
+};
+
+struct ThreadedPhase {
+  std::vector<double> round_wall_ns;   // first start to last end, per round
+  std::vector<double> round_ops;       // all workers' operations, per round
+  std::vector<double> span_ns_per_op;  // per worker and round: its time over its operations
+  std::vector<double> op_ns;           // single operations, all workers (when stamped)
+  double thread_ns = 0;                // summed per-worker round time
+  double counted_ns = 0;               // summed per-worker windows of the counter reads
+  CounterTotals totals;
+  CpuStats timed_stats;  // the workers' Cpus over the timed rounds
+  CpuStats stats;        // every Cpu of the phase over the whole phase, background's included
+  std::string error;     // the model failed, or a premise did
+  std::string skip;      // the machine cannot run it (a thread could not be pinned)
+};
+
+// The Cpus' counters summed, and the change between two such sums.
+CpuStats StatsOf(const std::vector<Cpu*>& cpus) {
+  CpuStats sum;
+  for (Cpu* cpu : cpus) sum += cpu->stats();
+  return sum;
+}
+
+CpuStats StatsSince(const CpuStats& before, const CpuStats& after) {
+  CpuStats delta;
+  for (const auto& [name, field] : model::kCpuStatsFields) {
+    delta.*field = after.*field - before.*field;
+  }
+  return delta;
+}
+
+// Runs one phase of `rounds` rounds by `threads` workers (and the background thread, if the hooks
+// have one). With `stamps_per_round` > 0 (the operations a worker does in a round), the rounds
+// stamp each operation; 0: only the rounds are timed.
+ThreadedPhase RunThreadedPhase(CaseSetup& setup, int threads, int rounds, const PhaseHooks& hooks,
+                               std::size_t stamps_per_round) {
   struct Worker {
-    std::vector<std::uint64_t> start, end;
+    std::vector<std::uint64_t> start, end, ops, op_ticks;
     std::uint64_t counted_ticks = 0;
     CounterTotals totals;
-    std::uint64_t wrong = 0;
-    std::string error;
-    std::string skip;
+    CpuStats timed_stats, stats;
+    std::string error, skip;
   };
-  std::vector<Worker> workers(static_cast<std::size_t>(threads));
+  const bool has_background = static_cast<bool>(hooks.background);
+  std::vector<Worker> workers(static_cast<std::size_t>(threads + (has_background ? 1 : 0)));
+  Machine& machine = setup.machine();
   SpinBarrier barrier;
   std::atomic<bool> failed{false};
-  auto work = [&](int index, Cpu* given) {
+  std::atomic<bool> started{false};  // the workers' warm-up is over
+  std::atomic<bool> stop{false};     // the workers' last round is over
+  std::atomic<bool> background_running{false};
+  std::atomic<bool> background_done{false};
+
+  auto run = [&](int index) {
     Worker& w = workers[static_cast<std::size_t>(index)];
-    std::unique_ptr<Cpu> own;
+    const bool background = index == threads;
+    // Runs one step unless some thread failed; keeps this thread's failure.
+    auto step = [&](auto&& fn) {
+      if (failed.load()) return;
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        w.error = (background ? std::string("background thread: ")
+                              : "worker " + std::to_string(index) + ": ") +
+                  e.what();
+        failed.store(true);
+      }
+    };
+    PhaseThread thread{index, {}};
+    std::vector<std::unique_ptr<Cpu>> own_cpus;
     std::unique_ptr<CounterGroup> own_group;
     CounterGroup* group = setup.counters();
-    try {
-      if (!given) {
-        int cpu_id = -1;
-        if (auto why = PinWorker(index, &cpu_id)) {
-          w.skip = *why;
-          throw std::runtime_error(*why);
+    step([&] {
+      if (index == 0) {
+        for (int node = 0; node < machine.node_count(); ++node) {
+          thread.cpus.push_back(&setup.cpu(node));
         }
-        own = std::make_unique<Cpu>(setup.machine(), 0);
+        return;
+      }
+      int cpu_id = -1;
+      if (auto why = PinWorker(index, &cpu_id)) {
+        w.skip = *why;
+        throw std::runtime_error(*why);
+      }
+      for (int node = 0; node < machine.node_count(); ++node) {
+        own_cpus.push_back(std::make_unique<Cpu>(machine, node));
+        thread.cpus.push_back(own_cpus.back().get());
+      }
+      if (!background) {
         own_group = std::make_unique<CounterGroup>(CurrentRunOptions().counters, /*inherit=*/false);
         group = own_group.get();
       }
-      Cpu& cpu = given ? *given : *own;
-      const std::uint64_t start = kBase + static_cast<std::uint64_t>(index) * kGiB;
-      // Warm-up: the tables, and frames through this Cpu's cache once.
-      FaultAll(space, cpu, start, pages, ModelAccess::kWrite);
-      space.Zap(cpu, start, bytes);
-      w.totals.names = group->names();
-      if (!barrier.Wait(threads) || failed.load()) return;
-      for (int r = 0; r < rounds; ++r) {
-        if (!barrier.Wait(threads)) return;
-        const std::uint64_t counted_start = TscNow();
-        const std::vector<double> before = group->Read();
-        w.start.push_back(TscNow());
-        for (std::uint64_t i = 0; i < pages; ++i) {
-          w.wrong +=
-              space.Fault(cpu, start + i * kPageSize, ModelAccess::kWrite) != FaultResult::kOk;
-        }
-        w.end.push_back(TscNow());
-        w.totals.Add(before, group->Read());
-        w.counted_ticks += TscNow() - counted_start;
-        if (!barrier.Wait(threads)) return;
-        space.Zap(cpu, start, bytes);
-      }
-    } catch (const std::exception& e) {
-      w.error = "worker " + std::to_string(index) + ": " + e.what();
-      failed.store(true);
-      barrier.Wait(threads);  // the start barrier: the others then see `failed`
+    });
+    const CpuStats at_start = StatsOf(thread.cpus);
+    if (background) {
+      while (!started.load() && !failed.load()) std::this_thread::yield();
+      background_running.store(true);
+      step([&] { hooks.background(thread, stop); });
+      w.stats = StatsSince(at_start, StatsOf(thread.cpus));
+      background_done.store(true);
+      return;
     }
+    w.totals.names = group->names();
+    w.op_ticks.reserve(stamps_per_round * static_cast<std::size_t>(rounds));
+    if (hooks.warm_up) step([&] { hooks.warm_up(thread); });
+    bool whole = barrier.Wait(threads);
+    if (index == 0 && has_background) {
+      // The first round waits for the background thread (the others wait for worker 0): started
+      // late on a busy machine, it would otherwise miss rounds that take a few milliseconds.
+      started.store(true);
+      while (!background_running.load() && !failed.load()) std::this_thread::yield();
+    }
+    for (int r = 0; r < rounds && whole; ++r) {
+      if (hooks.before_round) step([&] { hooks.before_round(thread, r); });
+      if (!barrier.Wait(threads)) {
+        whole = false;
+        break;
+      }
+      step([&] {
+        const std::uint64_t counted_start = TscNow();
+        const CpuStats before = StatsOf(thread.cpus);
+        const std::vector<double> counters_before = group->Read();
+        w.start.push_back(TscNow());
+        std::optional<OpStamps> stamps;
+        if (stamps_per_round > 0) stamps.emplace(w.op_ticks, w.start.back());
+        const std::uint64_t ops = hooks.round(thread, r, stamps ? &*stamps : nullptr);
+        w.end.push_back(TscNow());
+        w.totals.Add(counters_before, group->Read());
+        w.counted_ticks += TscNow() - counted_start;
+        w.timed_stats += StatsSince(before, StatsOf(thread.cpus));
+        w.ops.push_back(ops);
+      });
+      whole = barrier.Wait(threads);
+      if (hooks.after_round) step([&] { hooks.after_round(thread, r); });
+    }
+    if (!whole && w.error.empty()) {
+      w.error = "worker " + std::to_string(index) + ": the barrier broke (a thread never came)";
+      failed.store(true);
+    }
+    if (index == 0 && has_background) {
+      stop.store(true);
+      while (!background_done.load()) std::this_thread::yield();
+    }
+    w.stats = StatsSince(at_start, StatsOf(thread.cpus));
   };
   std::vector<std::thread> others;
-  for (int i = 1; i < threads; ++i) others.emplace_back(work, i, nullptr);
-  work(0, &setup.cpu());
+  for (int i = 1; i < static_cast<int>(workers.size()); ++i) others.emplace_back(run, i);
+  run(0);
   for (std::thread& t : others) t.join();
 
-  ScalingPhase phase;
+  ThreadedPhase phase;
   for (const Worker& w : workers) {
     if (!w.skip.empty()) {
       phase.skip = w.skip;
       return phase;
     }
+  }
+  for (const Worker& w : workers) {
     if (!w.error.empty()) {
       phase.error = w.error;
       return phase;
     }
-    if (w.start.size() != static_cast<std::size_t>(rounds)) {
-      phase.error = "a worker never reached the barrier";
-      return phase;
-    }
-    if (w.wrong) {
-      phase.error = "premise: " + std::to_string(w.wrong) + " faults not kOk";
+    phase.stats += w.stats;
+  }
+  const double ns_per_tick = TscNsPerTick();
+  for (int i = 0; i < threads; ++i) {
+    const Worker& w = workers[static_cast<std::size_t>(i)];
+    if (w.ops.size() != static_cast<std::size_t>(rounds)) {
+      phase.error = "worker " + std::to_string(i) + " did not run all its rounds";
       return phase;
     }
     phase.totals.Merge(w.totals);
-    phase.counted_ns += static_cast<double>(w.counted_ticks) * TscNsPerTick();
+    phase.counted_ns += static_cast<double>(w.counted_ticks) * ns_per_tick;
+    phase.timed_stats += w.timed_stats;
+    for (std::uint64_t ticks : w.op_ticks) {
+      phase.op_ns.push_back(static_cast<double>(ticks) * ns_per_tick);
+    }
   }
-  const double ns_per_tick = TscNsPerTick();
-  for (int r = 0; r < rounds; ++r) {
+  for (std::size_t r = 0; r < static_cast<std::size_t>(rounds); ++r) {
     std::uint64_t first = ~0ull, last = 0;
-    for (const Worker& w : workers) {
-      first = std::min(first, w.start[static_cast<std::size_t>(r)]);
-      last = std::max(last, w.end[static_cast<std::size_t>(r)]);
-      phase.thread_ns += static_cast<double>(w.end[static_cast<std::size_t>(r)] -
-                                             w.start[static_cast<std::size_t>(r)]) *
-                         ns_per_tick;
+    double ops = 0;
+    for (int i = 0; i < threads; ++i) {
+      const Worker& w = workers[static_cast<std::size_t>(i)];
+      first = std::min(first, w.start[r]);
+      last = std::max(last, w.end[r]);
+      const double span_ns = static_cast<double>(w.end[r] - w.start[r]) * ns_per_tick;
+      phase.thread_ns += span_ns;
+      ops += static_cast<double>(w.ops[r]);
+      if (w.ops[r] > 0) phase.span_ns_per_op.push_back(span_ns / static_cast<double>(w.ops[r]));
     }
     phase.round_wall_ns.push_back(static_cast<double>(last - first) * ns_per_tick);
+    phase.round_ops.push_back(ops);
   }
-  phase.faults_per_round = static_cast<double>(pages) * threads;
   return phase;
 }
 
-// Faults per second in the median round.
-double MedianRate(const ScalingPhase& phase) {
-  std::vector<double> walls = phase.round_wall_ns;
-  std::nth_element(walls.begin(), walls.begin() + walls.size() / 2, walls.end());
-  return phase.faults_per_round / (walls[walls.size() / 2] * 1e-9);
+// Operations per second, all workers, in the median round.
+double MedianRate(const ThreadedPhase& phase) {
+  std::vector<double> rates;
+  for (std::size_t r = 0; r < phase.round_wall_ns.size(); ++r) {
+    rates.push_back(phase.round_ops[r] / (phase.round_wall_ns[r] * 1e-9));
+  }
+  std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
+  return rates[rates.size() / 2];
 }
 
-void RunScaling(benchmark::State& state, int threads, const Sizes& sizes) {
-  const RunOptions& options = CurrentRunOptions();
-  if (threads > 1 && options.cpus.size() < static_cast<std::size_t>(threads)) {
-    Skip(state, std::to_string(threads) + " threads need " + std::to_string(threads) +
-                    " distinct CPUs; the run has " + std::to_string(options.cpus.size()) +
-                    " (--cpu)");
-    return;
+// The median of `values` (not empty); reorders them.
+double MedianOf(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
+}
+
+// "a,b,...": the CPUs the first `count` threads of a phase are pinned to (-1: the run pins none).
+std::string PinnedCpus(const RunOptions& options, int first, int count) {
+  std::string cpus;
+  for (int t = first; t < first + count; ++t) {
+    cpus += (t > first ? "," : "") +
+            std::to_string(options.cpus.empty()
+                               ? -1
+                               : options.cpus[static_cast<std::size_t>(t) % options.cpus.size()]);
   }
+  return cpus;
+}
+
+// 1, 2, 4, ... below `most`, and `most`.
+std::vector<int> ThreadCounts(int most) {
+  std::vector<int> counts;
+  for (int n = 1; n < most; n *= 2) counts.push_back(n);
+  counts.push_back(most);
+  return counts;
+}
+
+// Whether the run has `count` distinct CPUs for the threads of a row; else its skip row.
+bool HasCpusFor(benchmark::State& state, int count, const std::string& who) {
+  const std::size_t cpus = CurrentRunOptions().cpus.size();
+  if (count <= 1 || cpus >= static_cast<std::size_t>(count)) return true;
+  Skip(state, who + " need " + std::to_string(count) + " distinct CPUs; the run has " +
+                  std::to_string(cpus) + " (--cpu)");
+  return false;
+}
+
+// ----------------------------------------------------------------------------------------------
+// model/scaling/anon_write/threads:{1,2}: write faults on none by `threads` threads at once, each
+// its own Cpu pinned to its own CPU of the run (--cpu), each on its own VMA of one address space
+// (disjoint ranges, no shared page table): a threaded phase. The time column is wall time per
+// fault over all threads (inverse throughput); faults_per_sec is the throughput of the median
+// round and thread_ns_per_fault what one fault took its thread. threads:2 runs the one-thread
+// phase first in the same function run: speedup_vs_1 (median rounds), target ≥ 1.8.
+
+void RunScaling(benchmark::State& state, int threads, const Sizes& sizes) {
+  if (!HasCpusFor(state, threads, std::to_string(threads) + " threads")) return;
+  const RunOptions& options = CurrentRunOptions();
   const std::uint64_t pages = sizes.scaling_pages;
+  const std::uint64_t bytes = pages * kPageSize;
   CaseSetup setup(
       state, 1,
-      FramesFor(pages * static_cast<std::uint64_t>(threads), pages * kPageSize * threads, 1) +
+      FramesFor(pages * static_cast<std::uint64_t>(threads), bytes * threads, 1) +
           256 * static_cast<std::size_t>(threads));
   if (!setup.ok()) return;
   Guarded(state, [&] {
     Cpu& cpu = setup.cpu();
     AddressSpace space(setup.machine(), cpu);
     for (int t = 0; t < threads; ++t) {
-      space.Map(cpu, AnonVma(kBase + static_cast<std::uint64_t>(t) * kGiB, pages * kPageSize));
+      space.Map(cpu, AnonVma(kBase + static_cast<std::uint64_t>(t) * kGiB, bytes));
     }
-    std::optional<ScalingPhase> single;
+    auto start_of = [](const PhaseThread& t) {
+      return kBase + static_cast<std::uint64_t>(t.index) * kGiB;
+    };
+    std::vector<std::uint64_t> wrong(static_cast<std::size_t>(threads), 0);  // per worker
+    PhaseHooks hooks;
+    hooks.warm_up = [&](const PhaseThread& t) {
+      // The tables, and frames through this Cpu's cache once.
+      FaultAll(space, t.cpu(), start_of(t), pages, ModelAccess::kWrite);
+      space.Zap(t.cpu(), start_of(t), bytes);
+    };
+    hooks.round = [&](const PhaseThread& t, int, OpStamps*) {
+      std::uint64_t bad = 0;
+      for (std::uint64_t i = 0; i < pages; ++i) {
+        bad += space.Fault(t.cpu(), start_of(t) + i * kPageSize, ModelAccess::kWrite) !=
+               FaultResult::kOk;
+      }
+      wrong[static_cast<std::size_t>(t.index)] = bad;
+      return pages;
+    };
+    hooks.after_round = [&](const PhaseThread& t, int) {
+      RequireCount(wrong[static_cast<std::size_t>(t.index)], 0, "faults not kOk");
+      space.Zap(t.cpu(), start_of(t), bytes);
+    };
+    std::optional<ThreadedPhase> single;
     if (threads > 1) {
-      single = RunScalingPhase(setup, space, 1, sizes);
+      single = RunThreadedPhase(setup, 1, sizes.scaling_rounds, hooks, 0);
       if (!single->error.empty()) throw std::runtime_error(single->error);
     }
-    const ScalingPhase phase = RunScalingPhase(setup, space, threads, sizes);
+    const ThreadedPhase phase = RunThreadedPhase(setup, threads, sizes.scaling_rounds, hooks, 0);
     if (!phase.skip.empty()) {
       Skip(state, phase.skip);
       return;
     }
     if (!phase.error.empty()) throw std::runtime_error(phase.error);
     Measured measured;
-    for (double wall : phase.round_wall_ns) measured.total_ns += wall;
-    measured.ops = phase.faults_per_round * static_cast<double>(phase.round_wall_ns.size());
+    for (std::size_t r = 0; r < phase.round_wall_ns.size(); ++r) {
+      measured.total_ns += phase.round_wall_ns[r];
+      measured.ops += phase.round_ops[r];
+    }
     const double rate = MedianRate(phase);
     measured.median_ns = 1e9 / rate;
     measured.spans = phase.round_wall_ns.size() * static_cast<std::size_t>(threads);
@@ -1822,13 +2031,6 @@ void RunScaling(benchmark::State& state, int threads, const Sizes& sizes) {
     state.counters["faults_per_sec"] = rate;
     state.counters["thread_ns_per_fault"] = phase.thread_ns / measured.ops;
     state.counters["threads"] = threads;
-    std::string cpus;
-    for (int t = 0; t < threads; ++t) {
-      cpus += (t ? "," : "") +
-              std::to_string(options.cpus.empty()
-                                 ? -1
-                                 : options.cpus[static_cast<std::size_t>(t) % options.cpus.size()]);
-    }
     if (single) {
       const double single_rate = MedianRate(*single);
       state.counters["single_faults_per_sec"] = single_rate;
@@ -1838,7 +2040,327 @@ void RunScaling(benchmark::State& state, int threads, const Sizes& sizes) {
     }
     space.Exit(cpu);
     Finish(state, measured,
-           setup.Label("memory=anon4k worker_cpus=" + cpus + " time=wall per fault, all threads"));
+           setup.Label("memory=anon4k worker_cpus=" + PinnedCpus(options, 0, threads) +
+                       " time=wall per fault, all threads"));
+  });
+}
+
+// ----------------------------------------------------------------------------------------------
+// The NUMA cases with threads: threaded phases on two simulated nodes (mapped onto real nodes as
+// RealNodesFor says; the label's nodes= records it), each worker on its own VMA of scaling_pages
+// pages (4 MiB; 1 GiB apart, so no page table is shared), every operation stamped. The time column
+// is the mean of single operations as each worker saw them; p50_ns ... max_ns their distribution
+// (all workers); ops_per_sec the throughput of the median round, all workers (wall_ns_per_op its
+// inverse). threads:N with N > 1 runs the one-worker phase first in the same function run:
+// speedup_vs_1 (median rounds). Counters per operation from the workers' Cpus over the timed
+// rounds: hint_faults_per_op, migrations_per_op, fault_retries, migration_waits, pool_refills.
+// The cases that migrate time their floor after them, at the same thread count: each worker
+// copies 4 KiB frame pairs of its own (memcpy, as many as its pages, stamped alike); copy_4k_ns is
+// its median round's per-copy time, excess_ns and migrate_vs_copy_4k the case's median_ns beside
+// it. Copies of several threads contend for the caches and the memory they share, so excess_ns,
+// not the time column, says whether the model itself scales.
+// - model/numa_hint/restore/anon4k/threads:N: each worker marks its region (ChangeProtNuma,
+//   untimed), then reads each page through Fault: a hinting fault that restores the entry (the
+//   pages are on the faulting Cpu's node).
+// - model/numa_hint/migrate/anon4k/threads:N: the same, faulting from the worker's Cpu on the
+//   other node, so each hinting fault migrates its page there; rounds alternate the direction.
+// - model/migrate/anon4k/threads:N: MigratePage (move_pages) of each page to the other node;
+//   rounds alternate the direction.
+// - model/numa_scan/anon4k/threads:N: a scanner thread, pinned to one more CPU, runs
+//   ChangeProtNuma over every worker's region again and again while the workers store to each
+//   page of theirs through the model's MMU (Store): a store to a marked page takes the hinting
+//   fault (a restore: the pages stay on node 0, where the workers' Cpus are), the others hit.
+//   scan_passes and scanned_pages_per_sec say what the scanner did meanwhile. N counts workers:
+//   the rows go up to one CPU fewer than the run has.
+// Each worker's warm-up writes its region from none on node 0 (word 0 of each page a signature)
+// and runs one untimed round. Every round is checked afterwards: the worker's hinting-fault and
+// migration counts (one per page, or none), and each page present, unmarked, on the node the
+// round moved it to, and holding its signature. numa_scan checks at the end of the phase, once the
+// scanner has stopped: a read of every page (taking the hinting faults still pending) finds the
+// worker's last store, every page is then present on node 0 and unmarked, no page migrated, and
+// the hinting faults of all Cpus equal the entries the scanner marked.
+
+enum class NumaThreadsCase { kHintRestore, kHintMigrate, kMigrate, kScan };
+
+// Word 0 of page `page` of worker `worker`'s region before the first round; numa_scan's round r
+// stores ScanValue(worker, page, r) over it.
+std::uint64_t PageSignature(int worker, std::uint64_t page) {
+  return (static_cast<std::uint64_t>(worker) << 32) | page;
+}
+std::uint64_t ScanValue(int worker, std::uint64_t page, int round) {
+  return PageSignature(worker, page) + (static_cast<std::uint64_t>(round + 2) << 48);
+}
+
+void RunNumaThreads(benchmark::State& state, NumaThreadsCase which, int threads,
+                    const Sizes& sizes) {
+  const bool scan = which == NumaThreadsCase::kScan;
+  if (!HasCpusFor(state, threads + (scan ? 1 : 0),
+                  std::to_string(threads) + (scan ? " worker(s) and the scanner" : " threads"))) {
+    return;
+  }
+  const RunOptions& options = CurrentRunOptions();
+  const std::uint64_t pages = sizes.scaling_pages;
+  const std::uint64_t bytes = pages * kPageSize;
+  const int rounds = sizes.scaling_rounds;
+  // Every worker's pages may sit on one node at once, and the migrating cases' copy baseline
+  // takes two frames per page on node 0; each Cpu caches up to 64 frames per node.
+  const bool copies = which == NumaThreadsCase::kHintMigrate || which == NumaThreadsCase::kMigrate;
+  CaseSetup setup(state, 2,
+                  FramesFor((copies ? 3 : 1) * pages * static_cast<std::uint64_t>(threads),
+                            bytes * threads) +
+                      256 * static_cast<std::size_t>(threads));
+  if (!setup.ok()) return;
+  Guarded(state, [&] {
+    Cpu& cpu0 = setup.cpu(0);
+    AddressSpace space(setup.machine(), cpu0);
+    auto region = [](int worker) { return kBase + static_cast<std::uint64_t>(worker) * kGiB; };
+    for (int t = 0; t < threads; ++t) space.Map(cpu0, AnonVma(region(t), bytes));
+    // Each worker's own state, written only on its thread (and read after the phase): where its
+    // pages are, its last round's wrong results and Cpu counters, its last numa_scan round.
+    struct alignas(64) WorkerState {
+      int node = 0;
+      int last_round = -1;
+      std::uint64_t wrong = 0;
+      CpuStats before;
+    };
+    std::vector<WorkerState> workers(static_cast<std::size_t>(threads));
+    auto state_of = [&](const PhaseThread& t) -> WorkerState& {
+      return workers[static_cast<std::size_t>(t.index)];
+    };
+    // The node a round moves the worker's pages to, and the Cpu whose faults or calls do it.
+    auto target = [&](const PhaseThread& t) {
+      const int node = state_of(t).node;
+      return which == NumaThreadsCase::kHintMigrate || which == NumaThreadsCase::kMigrate
+                 ? 1 - node
+                 : node;
+    };
+    auto actor = [&](const PhaseThread& t) -> Cpu& {
+      return t.cpu(which == NumaThreadsCase::kHintMigrate ? target(t) : 0);
+    };
+    // Each page of the worker's region present, unmarked, on `node`, and word 0 `expect(page)`
+    // when `cpu` reads it. `read_first`: the reads come first, taking any hinting fault pending.
+    auto check_region = [&](int worker, Cpu& cpu, int node, bool read_first, auto&& expect) {
+      auto placed = [&] {
+        CheckPages(space, region(worker), pages,
+                   "present, not a hinting entry, on node " + std::to_string(node),
+                   [&](const model::PagemapEntry& e) {
+                     return e.present && !e.numa_hint && !e.migration && e.node == node;
+                   });
+      };
+      if (!read_first) placed();
+      std::uint64_t changed = 0;
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        std::uint64_t value = 0;
+        changed += space.Load(cpu, region(worker) + p * kPageSize, &value) != FaultResult::kOk ||
+                   value != expect(p);
+      }
+      RequireCount(changed, 0, "pages whose word 0 is not what was written");
+      if (read_first) placed();
+    };
+
+    PhaseHooks hooks;
+    hooks.before_round = [&](const PhaseThread& t, int) {
+      if (which == NumaThreadsCase::kHintRestore || which == NumaThreadsCase::kHintMigrate) {
+        RequireCount(space.ChangeProtNuma(actor(t), region(t.index), bytes), pages,
+                     "entries marked for NUMA hinting");
+      }
+      state_of(t).before = StatsOf(t.cpus);
+    };
+    hooks.round = [&](const PhaseThread& t, int round, OpStamps* stamps) {
+      const std::uint64_t start = region(t.index);
+      Cpu& cpu = actor(t);
+      const int to = target(t);
+      std::uint64_t wrong = 0;
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        const std::uint64_t address = start + p * kPageSize;
+        switch (which) {
+          case NumaThreadsCase::kHintRestore:
+          case NumaThreadsCase::kHintMigrate:
+            wrong += space.Fault(cpu, address, ModelAccess::kRead) != FaultResult::kOk;
+            break;
+          case NumaThreadsCase::kMigrate:
+            wrong += space.MigratePage(cpu, address, to) != 0;
+            break;
+          case NumaThreadsCase::kScan:
+            wrong += space.Store(cpu, address, ScanValue(t.index, p, round)) != FaultResult::kOk;
+            break;
+        }
+        if (stamps) stamps->Tick();
+      }
+      state_of(t).wrong = wrong;
+      return pages;
+    };
+    hooks.after_round = [&](const PhaseThread& t, int round) {
+      WorkerState& ws = state_of(t);
+      RequireCount(ws.wrong, 0,
+                   which == NumaThreadsCase::kMigrate ? "MigratePage calls that failed"
+                                                      : "faults or stores not kOk");
+      const CpuStats done = StatsSince(ws.before, StatsOf(t.cpus));
+      if (which == NumaThreadsCase::kScan) {
+        RequireCount(done.pages_migrated, 0, "pages migrated (the workers' Cpus are on node 0)");
+        ws.last_round = round;
+        return;
+      }
+      const bool hints = which != NumaThreadsCase::kMigrate;
+      const bool moves = which != NumaThreadsCase::kHintRestore;
+      RequireCount(done.numa_hint_faults, hints ? pages : 0, "hinting faults");
+      RequireCount(done.pages_migrated, moves ? pages : 0, "pages migrated");
+      ws.node = target(t);
+      check_region(t.index, t.cpu(ws.node), ws.node, /*read_first=*/false,
+                   [&](std::uint64_t p) { return PageSignature(t.index, p); });
+    };
+    hooks.warm_up = [&](const PhaseThread& t) {
+      // From none: the region written on node 0 (its tables, and frames through this worker's
+      // caches), then one untimed round.
+      space.Zap(t.cpu(0), region(t.index), bytes);
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        const FaultResult result =
+            space.Store(t.cpu(0), region(t.index) + p * kPageSize, PageSignature(t.index, p));
+        Require(result == FaultResult::kOk,
+                std::string("set-up store gave ") + model::FaultResultName(result));
+      }
+      state_of(t).node = 0;
+      hooks.before_round(t, -1);
+      hooks.round(t, -1, nullptr);
+      hooks.after_round(t, -1);
+    };
+    // numa_scan's scanner: what it marked over the phase, its passes and their time.
+    struct ScanFigures {
+      std::uint64_t marked = 0;
+      std::uint64_t passes = 0;
+      double ns = 0;
+    } scanned;
+    int phase_threads = 0;
+    if (scan) {
+      hooks.background = [&](const PhaseThread& t, const std::atomic<bool>& stop) {
+        const std::uint64_t span = static_cast<std::uint64_t>(phase_threads) * kGiB;
+        const std::uint64_t begin = TscNow();
+        while (!stop.load(std::memory_order_acquire)) {
+          scanned.marked += space.ChangeProtNuma(t.cpu(0), kBase, span);
+          ++scanned.passes;
+        }
+        scanned.ns = static_cast<double>(TscNow() - begin) * TscNsPerTick();
+      };
+    }
+    // One phase, then numa_scan's checks of it.
+    auto run_phase = [&](int count) {
+      phase_threads = count;
+      scanned = ScanFigures();
+      ThreadedPhase phase = RunThreadedPhase(setup, count, rounds, hooks, pages);
+      if (!phase.skip.empty() || !phase.error.empty() || !scan) return phase;
+      const CpuStats before = cpu0.stats();
+      for (int t = 0; t < count; ++t) {
+        const int last_round = workers[static_cast<std::size_t>(t)].last_round;
+        check_region(t, cpu0, 0, /*read_first=*/true,
+                     [&](std::uint64_t p) { return ScanValue(t, p, last_round); });
+      }
+      const CpuStats checked = StatsSince(before, cpu0.stats());
+      RequireCount(phase.stats.pages_migrated + checked.pages_migrated, 0, "pages migrated");
+      RequireCount(phase.stats.numa_hint_faults + checked.numa_hint_faults, scanned.marked,
+                   "hinting faults of all Cpus against the entries the scanner marked");
+      return phase;
+    };
+
+    std::optional<ThreadedPhase> single;
+    if (threads > 1) {
+      single = run_phase(1);
+      if (!single->error.empty()) throw std::runtime_error(single->error);
+    }
+    const ThreadedPhase phase = run_phase(threads);
+    if (!phase.skip.empty()) {
+      Skip(state, phase.skip);
+      return;
+    }
+    if (!phase.error.empty()) throw std::runtime_error(phase.error);
+
+    // The floor of the migrating cases at the same thread count, on the same machine's frames:
+    // each worker copies as many 4 KiB frame pairs of its own as it has pages. Copies contend for
+    // the caches and memory the threads share; excess_ns is what the model adds on top.
+    std::optional<double> copy_ns;
+    if (copies) {
+      std::vector<std::unique_ptr<FrameBaseline>> baselines;
+      for (int t = 0; t < threads; ++t) {
+        baselines.push_back(std::make_unique<FrameBaseline>(setup.machine(), cpu0, pages));
+      }
+      PhaseHooks copy;
+      copy.warm_up = [&](const PhaseThread& t) {
+        for (std::uint64_t i = 0; i < pages; ++i) baselines[static_cast<std::size_t>(t.index)]->CopyPair(i);
+      };
+      copy.round = [&](const PhaseThread& t, int, OpStamps* stamps) {
+        const FrameBaseline& mine = *baselines[static_cast<std::size_t>(t.index)];
+        for (std::uint64_t i = 0; i < pages; ++i) {
+          mine.CopyPair(i);
+          if (stamps) stamps->Tick();
+        }
+        benchmark::ClobberMemory();
+        return pages;
+      };
+      const ThreadedPhase copied = RunThreadedPhase(setup, threads, rounds, copy, pages);
+      if (!copied.error.empty()) throw std::runtime_error("copy baseline: " + copied.error);
+      if (!copied.skip.empty()) {
+        Skip(state, copied.skip);
+        return;
+      }
+      copy_ns = MedianOf(copied.span_ns_per_op);
+    }
+
+    Measured measured;
+    measured.total_ns = phase.thread_ns;
+    for (double ops : phase.round_ops) measured.ops += ops;
+    measured.median_ns = MedianOf(phase.span_ns_per_op);
+    // Every operation sits between two stamps: harness_ratio is one stamp's share of it.
+    measured.spans = static_cast<std::uint64_t>(measured.ops);
+    measured.counted_ns = phase.counted_ns;
+    measured.median_counted_ns =
+        phase.counted_ns / static_cast<double>(phase.span_ns_per_op.size());
+    measured.totals = phase.totals;
+    std::vector<double> op_ns = phase.op_ns;
+    ReportLatency(state, Summarize(op_ns));
+    const double rate = MedianRate(phase);
+    state.counters["ops_per_sec"] = rate;
+    state.counters["wall_ns_per_op"] = 1e9 / rate;
+    state.counters["threads"] = threads;
+    if (single) {
+      state.counters["single_ops_per_sec"] = MedianRate(*single);
+      state.counters["speedup_vs_1"] = rate / MedianRate(*single);
+    }
+    const CpuStats& timed = phase.timed_stats;
+    auto per_op = [&](std::uint64_t count) { return static_cast<double>(count) / measured.ops; };
+    state.counters["hint_faults_per_op"] = per_op(timed.numa_hint_faults);
+    state.counters["migrations_per_op"] = per_op(timed.pages_migrated);
+    state.counters["fault_retries"] = per_op(timed.fault_retries);
+    state.counters["migration_waits"] = per_op(timed.migration_waits);
+    state.counters["pool_refills"] = per_op(timed.frame_pool_refills);
+    if (copy_ns) {
+      state.counters["copy_4k_ns"] = *copy_ns;
+      state.counters["excess_ns"] = measured.median_ns - *copy_ns;
+      state.counters["migrate_vs_copy_4k"] = measured.median_ns / *copy_ns;
+    }
+    std::string op;
+    switch (which) {
+      case NumaThreadsCase::kHintRestore:
+        op = "read fault on a hinting entry, restored";
+        break;
+      case NumaThreadsCase::kHintMigrate:
+        op = "read fault on a hinting entry, migrated to the faulting Cpu's node";
+        break;
+      case NumaThreadsCase::kMigrate:
+        op = "MigratePage to the other node";
+        break;
+      case NumaThreadsCase::kScan:
+        op = "store while a scanner marks the regions";
+        state.counters["scan_passes"] = static_cast<double>(scanned.passes);
+        state.counters["scanned_pages_per_sec"] =
+            scanned.ns > 0 ? static_cast<double>(scanned.passes * pages) * threads /
+                                 (scanned.ns * 1e-9)
+                           : 0;
+        break;
+    }
+    std::string label =
+        "memory=anon4k op=" + op + " worker_cpus=" + PinnedCpus(options, 0, threads);
+    if (scan) label += " scanner_cpu=" + PinnedCpus(options, threads, 1);
+    space.Exit(cpu0);
+    Finish(state, measured, setup.Label(label + " time=per op, each worker's view"));
   });
 }
 
@@ -2007,6 +2529,28 @@ void RegisterModelSuite(const RunOptions& options) {
       [sizes](benchmark::State& st) { RunNumaHint(st, false, sizes); });
   add("model/numa_hint/migrate", fault_ops,
       [sizes](benchmark::State& st) { RunNumaHint(st, true, sizes); });
+
+  // Worker counts of the NUMA rows: 1, 2, 4, ... below the run's CPUs, and all of them; the
+  // scanner of numa_scan takes one CPU of its own.
+  const int cpus = std::max<int>(1, static_cast<int>(options.cpus.size()));
+  const double numa_ops = static_cast<double>(sizes.scaling_pages) * sizes.scaling_rounds;
+  const std::pair<const char*, NumaThreadsCase> numa_cases[] = {
+      {"model/numa_hint/restore/anon4k", NumaThreadsCase::kHintRestore},
+      {"model/numa_hint/migrate/anon4k", NumaThreadsCase::kHintMigrate},
+      {"model/migrate/anon4k", NumaThreadsCase::kMigrate},
+      {"model/numa_scan/anon4k", NumaThreadsCase::kScan},
+  };
+  for (const auto& [name, which] : numa_cases) {
+    const int most = which == NumaThreadsCase::kScan ? std::max(1, cpus - 1) : cpus;
+    for (const int threads : ThreadCounts(most)) {
+      add(name, numa_ops * threads,
+          [which, threads, sizes](benchmark::State& st) {
+            RunNumaThreads(st, which, threads, sizes);
+          })
+          ->Arg(threads)
+          ->ArgNames({"threads"});
+    }
+  }
 
   for (const int threads : {1, 2}) {
     add("model/scaling/anon_write",

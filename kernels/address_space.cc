@@ -429,7 +429,12 @@ struct AddressSpaceImpl {
       return Cas(entry, orig, restored) ? Attempt::kOk : Attempt::kRetry;
     }
     // Concurrent faults on the migration entry wait (migration_entry_wait()) until it is gone.
-    if (!Cas(entry, orig, MakeMigrationEntry(old_pfn, PteWrite(restored)))) {
+    // The entry carries the uffd-wp bit (try_to_migrate_one()'s pte_swp_mkuffd_wp()): while the
+    // page is being copied, UFFDIO_WRITEPROTECT changes that bit and nothing else, and the
+    // installed entry takes its protection from it alone.
+    Pte migration = MakeMigrationEntry(old_pfn, PteWrite(restored));
+    if (PteUffdWp(restored)) migration |= kSwpUffdWp;
+    if (!Cas(entry, orig, migration)) {
       machine.PutFrame(cpu, new_pfn);
       gather.Put(old_pfn);
       return Attempt::kRetry;
@@ -439,15 +444,18 @@ struct AddressSpaceImpl {
     machine.meta(new_pfn).mapcount.store(1, std::memory_order_relaxed);
     ++cpu.stats().pages_copied;
     // Nobody waits on a migration entry while holding anything: a zap may clear it (and drop the
-    // mapping's reference itself), a write-protect may set its uffd-wp bit; the install carries
-    // that over, or gives up.
+    // mapping's reference itself), a write-protect may set or clear its uffd-wp bit; the install
+    // carries the bit over as it is now (remove_migration_pte()), or gives up. Taking it from
+    // `restored` instead would undo an un-protect that ran during the copy: the page would come
+    // back write-protected after UFFDIO_WRITEPROTECT said it was not, and the next write would
+    // raise a wp event nobody expects (or SIGBUS).
     for (Pte now = LoadEntry(entry);;) {
       if (!IsMigrationEntry(now)) {
         DiscardFrame(mm, cpu, new_pfn);
         gather.Put(old_pfn);
         return Attempt::kOk;
       }
-      Pte installed = (restored & ~kPtePfnMask) | PfnPte(new_pfn, 0);
+      Pte installed = (restored & ~(kPtePfnMask | kPteUffdWp)) | PfnPte(new_pfn, 0);
       if (now & kSwpUffdWp) installed = (installed & ~kPteWrite) | kPteUffdWp;
       if (Cas(entry, now, installed)) break;
       now = LoadEntry(entry);
@@ -459,18 +467,25 @@ struct AddressSpaceImpl {
   }
 
   // do_numa_page(): restore the entry, or migrate its frame to where the policy wants it.
+  // numa_hint_faults counts the faults that took the hinting entry (restored it, or replaced it
+  // by a migration entry), as the kernel counts NUMA_HINT_FAULTS only after its pte_same() check:
+  // a fault that lost the entry to another thread's fault on the same page retries and finds it
+  // restored, and is not a hinting fault.
   static Attempt NumaHintFault(Self& mm, Cpu& cpu, const Vma& vma, Pte* entry, Pte orig) {
-    ++cpu.stats().numa_hint_faults;
     const Pte restored = RestoreHint(mm, orig);
     const FrameMeta& meta = mm.machine_.meta(PtePfn(orig));
     const int target = TargetNode(vma, cpu);
     // Shared pages (mapped more than once, or in a page cache) stay: the model keeps no rmap to
     // fix their other mappings.
+    Attempt attempt;
     if (meta.node == target || vma.kind != VmaKind::kAnon ||
         meta.mapcount.load(std::memory_order_relaxed) != 1) {
-      return Cas(entry, orig, restored) ? Attempt::kOk : Attempt::kRetry;
+      attempt = Cas(entry, orig, restored) ? Attempt::kOk : Attempt::kRetry;
+    } else {
+      attempt = Migrate(mm, cpu, entry, orig, restored, target, nullptr);
     }
-    return Migrate(mm, cpu, entry, orig, restored, target, nullptr);
+    if (attempt == Attempt::kOk) ++cpu.stats().numa_hint_faults;
+    return attempt;
   }
 
   // The arch hook for entries that carry the 'fault on access' software bit: on an architecture
@@ -1402,7 +1417,8 @@ std::vector<PagemapEntry> AddressSpace::Pagemap(std::uint64_t start, std::uint64
       out.writable = PteWrite(pte) && pmd_writable && !out.numa_hint;
       out.uffd_wp = PteUffdWp(pte);
     } else {
-      out.uffd_wp = (out.marker & kPteMarkerUffdWp) != 0;
+      // A marker's uffd-wp bit, or a migration entry's (the swap-pte bit, as pagemap reads it).
+      out.uffd_wp = (out.marker & kPteMarkerUffdWp) != 0 || (out.migration && (pte & kSwpUffdWp));
     }
     result.push_back(out);
   }

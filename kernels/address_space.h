@@ -115,7 +115,7 @@ const char* ProtnoneEncodingName(ProtnoneEncoding encoding);   // "protnone", "f
 struct PagemapEntry {
   bool present = false;      // maps a frame (protnone entries too)
   bool writable = false;     // effective write permission: entry, and PMD for shared tables
-  bool uffd_wp = false;      // the entry's uffd-wp bit, or a uffd-wp marker
+  bool uffd_wp = false;      // the entry's uffd-wp bit, a uffd-wp marker, or a migration entry's bit
   PteMarker marker = 0;      // marker bits, 0 if not a marker
   bool migration = false;    // a migration entry
   bool numa_hint = false;    // protnone or fault-on-access

@@ -166,7 +166,7 @@ struct CpuStats {
   std::uint64_t cow_pte_reused = 0;      // breaks that reused the shared table
   std::uint64_t cow_pte_copied = 0;      // breaks that copied it
   std::uint64_t uffd_events = 0;
-  std::uint64_t numa_hint_faults = 0;
+  std::uint64_t numa_hint_faults = 0;    // hinting faults that took the entry (not lost races)
   std::uint64_t pages_migrated = 0;
   std::uint64_t migration_waits = 0;
   std::uint64_t frame_pool_refills = 0;  // cache misses that went to a node's pool

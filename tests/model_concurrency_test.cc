@@ -1,11 +1,11 @@
 // Concurrency tests of the model's lock-free fault paths (kernels/address_space.h): several
-// threads, each with its own Cpu, fault, store, fork, zap, break COW-PTE tables, migrate and
-// resolve uffd-wp events on the same address spaces at once. Each test checks invariants that a
-// race would break (every store lands or is visibly zapped, each page ends with exactly one
-// frame, refcounts and mapcounts balance, every frame comes back after Exit) rather than only
-// that nothing crashed; they are meant to run clean under ThreadSanitizer too. Iteration counts
-// shrink under the sanitizers, and a watchdog turns a hang (a wait cycle in the model) into a
-// failure that names the test instead of a CTest timeout.
+// threads, each with its own Cpu, fault, store, fork, zap, break COW-PTE tables, scan for NUMA
+// hinting, migrate and resolve uffd-wp events on the same address spaces at once. Each test checks
+// invariants that a race would break (every store lands or is visibly zapped, each page ends with
+// exactly one frame, refcounts and mapcounts balance, every frame comes back after Exit) rather
+// than only that nothing crashed; they are meant to run clean under ThreadSanitizer too. Iteration
+// counts shrink under the sanitizers, and a watchdog turns a hang (a wait cycle in the model) into
+// a failure that names the test instead of a CTest timeout.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -127,6 +127,10 @@ class StatsTotal {
       ::testing::Test::RecordProperty(name, std::to_string(count));
     }
     std::printf("%s\n", line.c_str());
+  }
+  CpuStats Total() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return total_;
   }
 
  private:
@@ -1304,6 +1308,257 @@ TEST_F(ModelConcurrencyTest, RacingZeropageFillsOfShmemCacheOnePageEach) {
   RecordProperty("zeropage_fills_found_filled", std::to_string(lost.load()));
   std::printf("zeropage fills that found the page filled already: %llu\n",
               static_cast<unsigned long long>(lost.load()));
+}
+
+// --- 8. NUMA scan, hinting faults and move_pages on the same pages -------------------------------
+
+class ModelNumaRaceTest : public ModelConcurrencyTest,
+                          public ::testing::WithParamInterface<ProtnoneEncoding> {};
+
+// 128 pages across two page tables, every one touched by every thread at once: a scanner marks
+// them all for NUMA hinting again and again (ChangeProtNuma); two storers, one on each node, store
+// an increasing counter to a word of their own in every page and read it back, so their hinting
+// faults pull each page to their node, often both on the same page at the same moment; a mover
+// moves every page to alternating nodes (MigratePage); a reader on node 0 checks each page's
+// signature word and that the storers' counters never go back. Afterwards, with nothing running:
+// each page maps a frame of its own (refcount and mapcount 1) on node 0 or 1, no migration entry
+// is left; each node's pool lacks exactly the frames mapped there (node 0 the page tables too);
+// every entry the scanner marked was taken by exactly one hinting fault or is still marked (a
+// fault that loses the entry to another thread's must not count it); every copy was a migration;
+// every word holds its last store. After Exit every frame is back.
+TEST_P(ModelNumaRaceTest, ScanHintFaultsAndMovePagesOnTheSamePages) {
+  constexpr std::uint64_t kPages = 128;
+  constexpr std::uint64_t kLength = kPages * kPageSize;
+  const std::uint64_t start = kBase + 2 * kMiB - 64 * kPageSize;   // 64 pages in each of 2 tables
+  const int passes = Scaled(80);
+  auto signature = [](std::uint64_t p) { return 0x5157000000000000ull | p; };
+  Failures failures;
+  std::vector<std::uint64_t> last[2] = {std::vector<std::uint64_t>(kPages, 0),
+                                        std::vector<std::uint64_t>(kPages, 0)};
+  std::atomic<std::uint64_t> marked{0};
+  std::atomic<std::uint64_t> scans{0};
+  std::atomic<std::uint64_t> moved{0};
+  std::atomic<std::uint64_t> busy{0};
+  SpinBarrier pass_start(2);
+  {
+    auto mm = NewMm(AddressSpace::Options{GetParam()});
+    mm->Map(cpu_, Anon(kBase, 4 * kMiB));
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+      ASSERT_EQ(mm->Store(cpu_, start + p * kPageSize, signature(p)), FaultResult::kOk);
+    }
+    std::atomic<int> storing{2};
+    RunThreads(machine_, stats_, {0, 0, 1, 1, 0}, [&](int t, Cpu& cpu) {
+      switch (t) {
+        case 0: {   // the scanner
+          std::uint64_t mine = 0;
+          do {
+            mine += mm->ChangeProtNuma(cpu, start, kLength);
+            scans.fetch_add(1, std::memory_order_release);
+          } while (storing.load(std::memory_order_acquire) > 0);
+          marked.fetch_add(mine, std::memory_order_relaxed);
+          break;
+        }
+        case 1:
+        case 2: {   // the storers, on node 0 and node 1: word t of every page is theirs alone
+          std::vector<std::uint64_t>& mine = last[t - 1];
+          std::uint64_t counter = 0;
+          for (int pass = 0; pass < passes; ++pass) {
+            // Each pass starts after a scan pass that began after the last one, and both storers
+            // start it together: they meet on every freshly marked page at about the same moment.
+            if (t == 1) {
+              const std::uint64_t seen = scans.load(std::memory_order_acquire);
+              while (scans.load(std::memory_order_acquire) < seen + 2) std::this_thread::yield();
+            }
+            pass_start.ArriveAndWait();
+            for (std::uint64_t p = 0; p < kPages; ++p) {
+              const std::uint64_t word = start + p * kPageSize + 8 * std::uint64_t(t);
+              const std::uint64_t c = ++counter;
+              std::uint64_t seen = 0;
+              if (mm->Store(cpu, word, c) != FaultResult::kOk ||
+                  mm->Load(cpu, word, &seen) != FaultResult::kOk || seen != c) {
+                failures.Add("word " + Hex(word) + " reads " + Hex(seen) + " after storing " +
+                             Hex(c));
+              }
+              mine[p] = c;
+            }
+          }
+          storing.fetch_sub(1, std::memory_order_release);
+          break;
+        }
+        case 3: {   // the mover, on node 1
+          std::uint64_t pass = 0;
+          do {
+            for (std::uint64_t p = 0; p < kPages; ++p) {
+              // -EBUSY: a hinting fault was migrating the page.
+              const int error = mm->MigratePage(cpu, start + p * kPageSize, int((p + pass) % 2));
+              if (error == 0) {
+                moved.fetch_add(1, std::memory_order_relaxed);
+              } else if (error == -EBUSY) {
+                busy.fetch_add(1, std::memory_order_relaxed);
+              } else {
+                failures.Add("MigratePage gave " + std::to_string(error));
+              }
+            }
+            ++pass;
+          } while (storing.load(std::memory_order_acquire) > 0);
+          break;
+        }
+        default: {   // the reader, on node 0
+          std::vector<std::uint64_t> before(2 * kPages, 0);
+          do {
+            for (std::uint64_t p = 0; p < kPages; ++p) {
+              const std::uint64_t page = start + p * kPageSize;
+              std::uint64_t seen = 0;
+              if (mm->Load(cpu, page, &seen) != FaultResult::kOk || seen != signature(p)) {
+                failures.Add("signature of " + Hex(page) + " reads " + Hex(seen));
+              }
+              for (std::uint64_t w = 0; w < 2; ++w) {
+                if (mm->Load(cpu, page + 8 * (w + 1), &seen) != FaultResult::kOk ||
+                    seen < before[2 * p + w]) {
+                  failures.Add("word " + std::to_string(w + 1) + " of " + Hex(page) +
+                               " went back from " + Hex(before[2 * p + w]) + " to " + Hex(seen));
+                }
+                before[2 * p + w] = seen;
+              }
+            }
+          } while (storing.load(std::memory_order_acquire) > 0);
+          break;
+        }
+      }
+    });
+    ASSERT_EQ(failures.count(), 0);
+
+    std::set<Pfn> pfns;
+    std::uint64_t on_node[2] = {0, 0};
+    std::uint64_t still_marked = 0;
+    std::uint64_t address = start;
+    int reported = 0;
+    for (const PagemapEntry& entry : mm->Pagemap(start, kLength)) {
+      const bool ok = entry.present && !entry.zero_page && !entry.migration &&
+                      (entry.node == 0 || entry.node == 1) &&
+                      machine_.meta(entry.pfn).refcount.load() == 1 &&
+                      machine_.meta(entry.pfn).mapcount.load() == 1 &&
+                      pfns.insert(entry.pfn).second;
+      if (ok) {
+        ++on_node[entry.node];
+        still_marked += entry.numa_hint;
+      } else if (reported++ < 8) {
+        ADD_FAILURE() << "page " << Hex(address) << ": present " << entry.present << " migration "
+                      << entry.migration << " node " << entry.node << " pfn " << entry.pfn;
+      }
+      address += kPageSize;
+    }
+    // Every worker Cpu is gone, its caches drained: the pools lack the mapped frames, no more.
+    const std::uint64_t tables = mm->PageTables().tables;
+    EXPECT_EQ(machine_.free_frames(1, 0), free_at_start_[1] - on_node[1]);
+    EXPECT_EQ(machine_.free_frames(0, 0), free_at_start_[0] - on_node[0] - tables);
+
+    const CpuStats total = stats_.Total();
+    EXPECT_EQ(marked.load(), total.numa_hint_faults + still_marked)
+        << "entries marked against hinting faults counted plus entries still marked ("
+        << still_marked << ")";
+    EXPECT_EQ(total.pages_copied, total.pages_migrated);
+    EXPECT_GT(total.numa_hint_faults, 0u);
+    EXPECT_GT(total.pages_migrated, 0u);
+    EXPECT_GT(moved.load(), 0u);
+
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+      const std::uint64_t page = start + p * kPageSize;
+      EXPECT_EQ(Read(*mm, page), signature(p)) << Hex(page);
+      EXPECT_EQ(Read(*mm, page + 8), last[0][p]) << Hex(page);
+      EXPECT_EQ(Read(*mm, page + 16), last[1][p]) << Hex(page);
+    }
+    RecordProperty("move_pages_done", std::to_string(moved.load()));
+    RecordProperty("move_pages_busy", std::to_string(busy.load()));
+    mm->Exit(cpu_);
+  }
+  ExpectAllFramesFree();
+}
+
+INSTANTIATE_TEST_SUITE_P(BothEncodings, ModelNumaRaceTest,
+                         ::testing::Values(ProtnoneEncoding::kProtnone,
+                                           ProtnoneEncoding::kFaultOnAccess),
+                         [](const auto& encoding) {
+                           return std::string(ProtnoneEncodingName(encoding.param));
+                         });
+
+// A range registered for uffd-wp (with no handler, so a wp fault is kSigbus) is write-protected and
+// un-protected again and again while another thread moves its pages between the nodes
+// (MigratePage). A migration that copies a page while its protection changes must install the
+// protection as it is when the copy ends, not as it was when the copy began: after an un-protect
+// every store lands (kOk) and reads back; after a protect every store is refused (kSigbus). A
+// lost change shows as the other result. Afterwards each page holds its last store in a frame of
+// its own, unprotected, and every frame comes back.
+TEST_F(ModelConcurrencyTest, WriteProtectChangesDuringMigrationAreKept) {
+  constexpr std::uint64_t kPages = 32;
+  constexpr std::uint64_t kLength = kPages * kPageSize;
+  const int rounds = Scaled(4000);
+  auto value = [](int round, std::uint64_t p) { return (std::uint64_t(round + 1) << 16) | p; };
+  Failures failures;
+  std::atomic<std::uint64_t> moved{0};
+  {
+    auto mm = NewMm();
+    mm->Map(cpu_, Anon(kBase, 2 * kMiB));
+    mm->RegisterUffd(cpu_, kBase, kUffdWp, UffdHandler());
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+      ASSERT_EQ(mm->Store(cpu_, kBase + p * kPageSize, 0), FaultResult::kOk);
+    }
+    std::atomic<bool> stop{false};
+    RunThreads(machine_, stats_, {1, 0}, [&](int t, Cpu& cpu) {
+      if (t == 0) {   // the mover
+        for (std::uint64_t pass = 0; !stop.load(std::memory_order_acquire); ++pass) {
+          for (std::uint64_t p = 0; p < kPages; ++p) {
+            const int error = mm->MigratePage(cpu, kBase + p * kPageSize, int((p + pass) % 2));
+            if (error == 0) {
+              moved.fetch_add(1, std::memory_order_relaxed);
+            } else if (error != -EBUSY) {
+              failures.Add("MigratePage gave " + std::to_string(error));
+            }
+          }
+        }
+        return;
+      }
+      for (int round = 0; round < rounds; ++round) {
+        if (mm->UffdWriteProtect(cpu, kBase, kLength, true) != 0) failures.Add("protect failed");
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+          const FaultResult result = mm->Store(cpu, kBase + p * kPageSize, ~0ull);
+          if (result != FaultResult::kSigbus) {
+            failures.Add("store to protected page " + std::to_string(p) + " gave " +
+                         FaultResultName(result));
+          }
+        }
+        if (mm->UffdWriteProtect(cpu, kBase, kLength, false) != 0) {
+          failures.Add("un-protect failed");
+        }
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+          const std::uint64_t address = kBase + p * kPageSize;
+          std::uint64_t seen = 0;
+          const FaultResult result = mm->Store(cpu, address, value(round, p));
+          if (result != FaultResult::kOk || mm->Load(cpu, address, &seen) != FaultResult::kOk ||
+              seen != value(round, p)) {
+            failures.Add("store to un-protected page " + std::to_string(p) + " gave " +
+                         FaultResultName(result) + ", reads " + Hex(seen));
+          }
+        }
+      }
+      stop.store(true, std::memory_order_release);
+    });
+    EXPECT_EQ(failures.count(), 0);
+    EXPECT_GT(moved.load(), 0u);
+    std::set<Pfn> pfns;
+    std::uint64_t p = 0;
+    for (const PagemapEntry& entry : mm->Pagemap(kBase, kLength)) {
+      EXPECT_TRUE(entry.present && !entry.uffd_wp && !entry.migration &&
+                  machine_.meta(entry.pfn).refcount.load() == 1 &&
+                  machine_.meta(entry.pfn).mapcount.load() == 1 && pfns.insert(entry.pfn).second)
+          << "page " << p << ": present " << entry.present << " uffd_wp " << entry.uffd_wp;
+      EXPECT_EQ(Read(*mm, kBase + p * kPageSize), value(rounds - 1, p)) << "page " << p;
+      ++p;
+    }
+    RecordProperty("move_pages_done", std::to_string(moved.load()));
+    mm->Exit(cpu_);
+  }
+  ExpectAllFramesFree();
 }
 
 }   // namespace
