@@ -2488,42 +2488,8 @@ void AddGuardCases(const ModelAdder& add, const Sizes& sizes) {
       [sizes](benchmark::State& st) { RunGuardRange(st, false, sizes); });
 }
 
-}  // namespace
-
-void RegisterModelForkCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options);
-  AddForkCases(ModelAdder(sizes), sizes);
-}
-
-void RegisterModelUffdCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options);
-  AddUffdCases(ModelAdder(sizes), sizes);
-}
-
-void RegisterModelGuardCases(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options);
-  AddGuardCases(ModelAdder(sizes), sizes);
-}
-
-namespace {
-
-void RegisterModelSuite(const RunOptions& options) {
-  const Sizes sizes = SizesFor(options);
-  const ModelAdder add(sizes);
+void AddNumaCases(const ModelAdder& add, const Sizes& sizes, const RunOptions& options) {
   const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
-
-  add("model/baseline/clear_4k", fault_ops,
-      [sizes](benchmark::State& st) { RunBaseline(st, false, sizes); });
-  add("model/baseline/copy_4k", fault_ops,
-      [sizes](benchmark::State& st) { RunBaseline(st, true, sizes); });
-
-  add("model/anon_write/anon4k", fault_ops,
-      [sizes](benchmark::State& st) { RunAnonCase(st, AnonCase::kAnonWrite, sizes); });
-
-  AddUffdCases(add, sizes);
-  AddGuardCases(add, sizes);
-  AddForkCases(add, sizes);
-
   add("model/migrate/anon4k", fault_ops, [sizes](benchmark::State& st) { RunMigrate(st, sizes); });
   add("model/numa_hint/restore", fault_ops,
       [sizes](benchmark::State& st) { RunNumaHint(st, false, sizes); });
@@ -2551,6 +2517,50 @@ void RegisterModelSuite(const RunOptions& options) {
           ->ArgNames({"threads"});
     }
   }
+}
+
+}  // namespace
+
+void RegisterModelForkCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options);
+  AddForkCases(ModelAdder(sizes), sizes);
+}
+
+void RegisterModelUffdCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options);
+  AddUffdCases(ModelAdder(sizes), sizes);
+}
+
+void RegisterModelGuardCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options);
+  AddGuardCases(ModelAdder(sizes), sizes);
+}
+
+void RegisterModelNumaCases(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options);
+  AddNumaCases(ModelAdder(sizes), sizes, options);
+}
+
+namespace {
+
+void RegisterModelSuite(const RunOptions& options) {
+  const Sizes sizes = SizesFor(options);
+  const ModelAdder add(sizes);
+  const double fault_ops = static_cast<double>(sizes.fault_pages) * sizes.fault_rounds;
+
+  add("model/baseline/clear_4k", fault_ops,
+      [sizes](benchmark::State& st) { RunBaseline(st, false, sizes); });
+  add("model/baseline/copy_4k", fault_ops,
+      [sizes](benchmark::State& st) { RunBaseline(st, true, sizes); });
+
+  add("model/anon_write/anon4k", fault_ops,
+      [sizes](benchmark::State& st) { RunAnonCase(st, AnonCase::kAnonWrite, sizes); });
+
+  AddUffdCases(add, sizes);
+  AddGuardCases(add, sizes);
+  AddForkCases(add, sizes);
+
+  AddNumaCases(add, sizes, options);
 
   for (const int threads : {1, 2}) {
     add("model/scaling/anon_write",

@@ -1,4 +1,4 @@
-// The model suite's cases that the kernel suites run beside their own (fork, uffd, guard), so that
+// The model suite's cases that the kernel suites run beside their own (fork, uffd, guard, numa), so that
 // a comparison takes both halves from one invocation (same machine state, same pinning).
 #pragma once
 
@@ -14,5 +14,8 @@ void RegisterModelForkCases(const RunOptions& options);
 // registers them when the model suite is not selected anyway.
 void RegisterModelUffdCases(const RunOptions& options);
 void RegisterModelGuardCases(const RunOptions& options);
+// Beside suite `numa`: move_pages's and the hinting fault's software path (model/migrate,
+// model/numa_hint, model/numa_scan, one thread and several), without the trap or the kernel.
+void RegisterModelNumaCases(const RunOptions& options);
 
 }  // namespace faultlab

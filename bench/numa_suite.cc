@@ -125,6 +125,7 @@
 #include "bench/harness.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
+#include "bench/model_suite.h"
 #include "bench/numa_probe.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
@@ -1796,6 +1797,7 @@ void RegisterNumaSuite(const RunOptions& options) {
   RegisterPolicies(options, sizes, cpu_nodes, mem_nodes);
   RegisterMigration(options, sizes, mem_nodes);
   RegisterHinting(options, cpu_nodes, mem_nodes);
+  if (!RunsSuite(options, "model")) RegisterModelNumaCases(options);
 }
 
 std::vector<SuiteVariant> NumaVariants() {

@@ -408,6 +408,41 @@ class ReportNumaTest(unittest.TestCase):
                     f"{significant(rate / 1e6, 3)}M")
             self.assertIn(f"{args['from']}->{args['to']} {text}", lines[what], name)
 
+    def test_hinting_faults_and_the_trap_against_the_software_path(self):
+        document = load_json(ONE_NODE)
+        rows = Rows(document)
+        summary = self.report(document)
+        text = flat(summary)
+        (local,) = [name for name in rows.find("numa", "hinting", "anon4k", cpu_node=0, mem_node=0)]
+        faults = rows.mean(local, "hint_faults")
+        self.assertGreater(faults, 0)
+        self.assertIn(f"CPU node 0, memory placed on node 0 (local): {significant(faults, 3)} "
+                      f"hinting faults", text)
+        self.assertIn(f"round trip p50 {as_ns(rows.mean(local, 'p50_ns'))}", text)
+
+        def p50(prefix):
+            values = [row["p50_ns"] for row in document["benchmarks"]
+                      if row["run_type"] == "iteration" and row["run_name"].startswith(prefix)]
+            return statistics.fmean(values)
+
+        kernel = rows.mean(local, "p50_ns")
+        analogue = p50("numa/protnone_analogue/anon4k/")
+        model = p50("model/numa_hint/restore/anon4k/threads:1/")
+        section = flat(summary[summary.index("The trap against the software path"):])
+        self.assertIn(f"user space: PROT_NONE, SIGSEGV, mprotect back {as_ns(analogue)} "
+                      f"{significant(analogue / kernel, 3)}x the kernel's hinting fault", section)
+        self.assertIn(f"model: hinting fault, restored (no trap) {as_ns(model)} "
+                      f"{significant(model / kernel * 100, 2)}% of the kernel's hinting fault",
+                      section)
+        # The remote cell cannot run on one node: listed with the reason, not in the section.
+        self.assertNotIn("memory placed on node 1", text)
+        self.assertIn("numa/hinting/anon4k/cpu_node:0/mem_node:1", text)
+
+    def test_no_hinting_section_without_hinting_rows(self):
+        summary = self.report(load_json(GUEST))
+        self.assertNotIn("NUMA hinting faults", summary)
+        self.assertNotIn("The trap against the software path", summary)
+
     # --- Bad input ----------------------------------------------------------------------------
 
     def assert_refused(self, directory, *, kind="numa"):

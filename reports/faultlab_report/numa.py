@@ -7,8 +7,11 @@ DIR/results.json. Writes into DIR:
 - numa_latency.svg, numa_bandwidth.svg, numa_first_touch.svg: heatmaps of the matrix, CPU node
   rows by memory node columns, a panel per backing, every measured cell annotated;
 - numa_summary.txt: the matrices as text, the placement advice (for each workload shape and CPU
-  node, the option measured best and each other option's penalty), migration rates, and which
-  rows were skipped or failed and why (also returned, for printing).
+  node, the option measured best and each other option's penalty), migration rates, what NUMA
+  balancing did in the hinting rows (faults and migrations per page, convergence), the trap
+  against the software path (the kernel's hinting fault, its user-space PROT_NONE analogue and
+  the model's hinting fault and migration, p50 each, from the same run), and which rows were
+  skipped or failed and why (also returned, for printing).
 
 The advice is for 4 KiB anonymous memory, the backing the policy rows use. Its options are the
 policy rows of a CPU node and the matrix's cells for that node. "bind node M" is the matrix's
@@ -516,6 +519,104 @@ def migration_lines(benchmarks):
 
 
 # ---------------------------------------------------------------------------------------------
+# Hinting faults, and the trap against the software path
+
+def counter(bench, name):
+    """The counter's mean over repetitions, or None."""
+    measure = bench.measure(name) if bench is not None else None
+    return None if measure is None else measure.value
+
+
+def hinting_lines(benchmarks):
+    """What NUMA balancing did in each hinting row that ran: faults, migrations, convergence."""
+    rows = [bench for bench in benchmarks if bench.case == "hinting" and not bench.skipped]
+    if not rows:
+        return []
+    lines = ["", "NUMA hinting faults (kernel.numa_balancing=1 for these rows only, with "
+                 "--numa-balancing; mean over repetitions):"]
+    for bench in sorted(rows, key=lambda b: (b.args.get("cpu_node"), b.args.get("mem_node"))):
+        cpu, mem = bench.args.get("cpu_node"), bench.args.get("mem_node")
+        where = f"CPU node {cpu}, memory placed on node {mem}" + (" (local)" if cpu == mem else "")
+        faults = counter(bench, "hint_faults") or 0
+        per_page = counter(bench, "hint_faults_per_page") or 0
+        migrated = counter(bench, "migrated_per_page") or 0
+        seconds = counter(bench, "touch_s")
+        took = f" in {significant(seconds)} s" if seconds else ""
+        line = (f"  {where}: {significant(faults)} hinting faults{took} "
+                f"({significant(per_page)} per page), {significant(migrated)} migrations per "
+                f"page; a hinting fault's round trip p50 {format_ns(counter(bench, 'p50_ns') or 0)}")
+        if cpu != mem:
+            if counter(bench, "converged"):
+                line += (f"; converged (90% on node {cpu}) in "
+                         f"{format_ns((counter(bench, 'converge_ms') or 0) * 1e6)}")
+            else:
+                share = counter(bench, "cpu_node_share") or 0
+                line += (f"; NOT converged{took}: {format_percent(share, 3)} of the pages on "
+                         f"node {cpu}")
+        lines.append(line + ".")
+    return lines
+
+
+def model_row(run, case, variant):
+    """The model's one-thread row of case/variant on 4 KiB pages, or None."""
+    return run.find("model", case, variant, threads=1)
+
+
+def trap_lines(run, benchmarks):
+    """The same events with and without the trap, p50 per event, from one run: the kernel's
+    hinting fault against the user-space PROT_NONE analogue and the model's software path;
+    move_pages of one page against the model's MigratePage."""
+    def p50(bench):
+        value = counter(bench, "p50_ns") if bench is not None and not bench.skipped else None
+        return value
+
+    def first(case, variant, **args):
+        for bench in benchmarks:
+            if (bench.case, bench.variant) == (case, variant) and not bench.skipped and all(
+                    bench.args.get(key) == value for key, value in args.items()):
+                return bench
+        return None
+
+    kernel_hint = first("hinting", "anon4k")
+    for bench in benchmarks:  # the local cell: no migration in its round trip
+        if bench.case == "hinting" and not bench.skipped and \
+                bench.args.get("cpu_node") == bench.args.get("mem_node"):
+            kernel_hint = bench
+    hint = p50(kernel_hint)
+    move = p50(first("move_pages", "anon4k", batch=1))
+    # (what, p50, the kernel figure it is set against, that figure's name)
+    entries = [
+        ("kernel: NUMA hinting fault (PTE restored)", hint, None, ""),
+        ("user space: PROT_NONE, SIGSEGV, mprotect back",
+         p50(first("protnone_analogue", "anon4k")), hint, "the kernel's hinting fault"),
+        ("model: hinting fault, restored (no trap)",
+         p50(model_row(run, "numa_hint", "restore")), hint, "the kernel's hinting fault"),
+        ("model: hinting fault, migrated (no trap)",
+         p50(model_row(run, "numa_hint", "migrate")), None, ""),
+        ("kernel: move_pages, one 4 KiB page a call", move, None, ""),
+        ("model: MigratePage of one 4 KiB page",
+         p50(model_row(run, "migrate", "anon4k")), move, "the kernel's move_pages"),
+    ]
+    measured = [entry for entry in entries if entry[1] is not None]
+    if len(measured) < 2:
+        return []
+    lines = ["", "The trap against the software path (p50 per event, this run; the model's rows "
+                 "run the kernel's logic in user space, without the trap):"]
+    width = max(len(entry[0]) for entry in measured)
+    for name, value, against, against_name in measured:
+        versus = ""
+        if against:
+            ratio = value / against
+            versus = (f"  {significant(ratio)}x {against_name}" if ratio >= 1 else
+                      f"  {format_percent(ratio)} of {against_name}")
+        lines.append(f"  {name:<{width}}  {format_ns(value):>9}{versus}")
+    copy = counter(model_row(run, "migrate", "anon4k"), "copy_4k_ns")
+    if copy:
+        lines.append(f"  (a 4 KiB memcpy beside the model's migration: {format_ns(copy)})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Skipped and failed rows
 
 def not_measured_lines(benchmarks):
@@ -558,6 +659,8 @@ def summary_text(run, benchmarks, emulator, left_out):
     lines += advice_lines(benchmarks, emulator)
     lines += missing_lines(benchmarks)
     lines += migration_lines(benchmarks)
+    lines += hinting_lines(benchmarks)
+    lines += trap_lines(run, benchmarks)
     lines += not_measured_lines(benchmarks)
     if left_out:
         lines += ["", *left_out]
