@@ -490,13 +490,8 @@ Measurement MeasureWrites(ForkBacking backing, Writer writer, int rounds, std::s
     if (backing == ForkBacking::kThp && writer != Writer::kChild) {
       thp_kb_after = SmapsField(SmapsOf(region.base()), "AnonHugePages");
     }
-    double sum = 0;
-    for (uint64_t t : ticks) sum += static_cast<double>(t) * ns_per_tick;
-    if (r == 0) {
-      first_ns = sum / static_cast<double>(pages);
-    } else {
-      for (uint64_t t : ticks) ns.push_back(static_cast<double>(t) * ns_per_tick);
-    }
+    const double round_mean = AddRound(ticks, ns_per_tick, r > 0, &ns);
+    if (r == 0) first_ns = round_mean;
   }
   if (!error.empty()) return m;
   double sum = 0;

@@ -195,13 +195,8 @@ Measurement MeasureInstallRemove(GuardMethod method, What what, const GuardLayou
       if (m.error = unguarded.error; !m.error.empty()) return m;
     }
     Repopulate(layout, region.base());
-    double sum = 0;
-    for (uint64_t t : timed) {
-      const double ns = static_cast<double>(t) * ns_per_tick;
-      sum += ns;
-      if (measured) m.samples_ns.push_back(ns);
-    }
-    if (!measured) first_round_ns = sum / static_cast<double>(layout.pages);
+    const double round_mean = AddRound(timed, ns_per_tick, measured, &m.samples_ns);
+    if (!measured) first_round_ns = round_mean;
     reference_ns.push_back(ReferenceWorkNs());
   }
   // Pages are present again and nothing else moved: the region is as the premise had it.
@@ -277,13 +272,8 @@ Measurement MeasureFault(GuardMethod method, const GuardLayout& layout, int roun
         return m;
       }
     }
-    double sum = 0;
-    for (uint64_t t : ticks) {
-      const double ns = static_cast<double>(t) * ns_per_tick;
-      sum += ns;
-      if (r > 0) m.samples_ns.push_back(ns);
-    }
-    if (r == 0) first_round_ns = sum / static_cast<double>(layout.pages);
+    const double round_mean = AddRound(ticks, ns_per_tick, r > 0, &m.samples_ns);
+    if (r == 0) first_round_ns = round_mean;
     reference_ns.push_back(ReferenceWorkNs());
   }
   // The guard pages still guard, as many as before.

@@ -79,6 +79,17 @@ double ReferenceWorkNs() {
   return MonotonicNs() - start;
 }
 
+double AddRound(const std::vector<uint64_t>& ticks, double ns_per_tick, bool keep,
+                std::vector<double>* samples_ns) {
+  double sum = 0;
+  for (uint64_t t : ticks) {
+    const double ns = static_cast<double>(t) * ns_per_tick;
+    sum += ns;
+    if (keep) samples_ns->push_back(ns);
+  }
+  return ticks.empty() ? 0 : sum / static_cast<double>(ticks.size());
+}
+
 LatencySummary Summarize(std::vector<double>& ns) {
   LatencySummary s;
   s.count = ns.size();

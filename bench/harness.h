@@ -87,6 +87,11 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) void StampedTouch
   }
 }
 
+// One round of TSC stamps (ticks, one per page): its mean in ns, returned; its samples appended
+// to `samples_ns` when `keep` (a round reported apart, such as the first, is not kept).
+double AddRound(const std::vector<uint64_t>& ticks, double ns_per_tick, bool keep,
+                std::vector<double>* samples_ns);
+
 // Sums of counter deltas over the timed parts of a measurement.
 struct CounterTotals {
   std::vector<std::string> names;

@@ -315,6 +315,18 @@ struct Measurement {
   std::map<std::string, double> figures;
   CounterTotals totals;
   std::string label;
+
+  // A row of one sample per fault: the time column totals the samples, counters are per fault,
+  // ns_per_fault is their mean (returned).
+  double PerFault() {
+    double sum = 0;
+    for (double ns : samples_ns) sum += ns;
+    const double mean = sum / static_cast<double>(samples_ns.size());
+    seconds = sum * 1e-9;
+    events = static_cast<double>(samples_ns.size());
+    figures["ns_per_fault"] = mean;
+    return mean;
+  }
 };
 
 // What a first-touch row does around the stamps: the policy before the touch, the check after.
@@ -397,12 +409,7 @@ Measurement MeasureFirstTouch(const TouchPlan& plan) {
   for (int r = 0; r < plan.rounds; ++r) {
     if (!round(false, true, r == plan.rounds - 1)) return m;
   }
-  double mean = 0;
-  for (double ns : m.samples_ns) mean += ns;
-  mean /= static_cast<double>(m.samples_ns.size());
-  m.seconds = mean * 1e-9 * static_cast<double>(m.samples_ns.size());
-  m.events = static_cast<double>(m.samples_ns.size());
-  m.figures["ns_per_fault"] = mean;
+  const double mean = m.PerFault();
   m.figures["ns_per_4k"] = mean / static_cast<double>(kind.page / kPage4K);
   m.figures["first_round_ns"] = first->mean;
   m.figures["warmup_rounds"] = warmup;
@@ -1684,13 +1691,8 @@ Measurement MeasureProtnoneAnalogue(std::size_t bytes, int mem_node, int rounds)
                              " reads of PROT_NONE pages raised SIGSEGV");
       return m;
     }
-    double round_ns = 0;
-    for (uint64_t t : ticks) {
-      const double ns = static_cast<double>(t) * ns_per_tick;
-      round_ns += ns;
-      if (r > 0) m.samples_ns.push_back(ns);
-    }
-    if (r == 0) first_round_ns = round_ns / static_cast<double>(count);
+    const double round_mean = AddRound(ticks, ns_per_tick, r > 0, &m.samples_ns);
+    if (r == 0) first_round_ns = round_mean;
   }
   // Each page's mprotect merged it back into the one VMA; data, pages and node as they were.
   if (const int vmas = CountVmas(region.base(), bytes); vmas != 1) {
@@ -1700,12 +1702,7 @@ Measurement MeasureProtnoneAnalogue(std::size_t bytes, int mem_node, int rounds)
   if (m.error = CheckMoved(kind, region, mem_node, "after the protnone rounds"); !m.error.empty()) {
     return m;
   }
-  double mean = 0;
-  for (double ns : m.samples_ns) mean += ns;
-  mean /= static_cast<double>(m.samples_ns.size());
-  m.seconds = mean * 1e-9 * static_cast<double>(m.samples_ns.size());
-  m.events = static_cast<double>(m.samples_ns.size());
-  m.figures["ns_per_fault"] = mean;
+  const double mean = m.PerFault();
   m.figures["first_round_ns"] = first_round_ns;
   m.figures["harness_ns"] = harness_ns;
   m.figures["harness_ratio"] = mean > 0 ? harness_ns / mean : 0;

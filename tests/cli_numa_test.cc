@@ -407,17 +407,10 @@ TEST(CliNuma, NumaBalancingIsRestoredWhenTheRunIsKilled) {
   const fs::path out = scratch.path() / "out";
   const std::string filter =
       "numa/hinting/anon4k/cpu_node:[0-9]+/mem_node:" + std::to_string(node) + "/";
-  const pid_t pid = fork();
+  const pid_t pid = StartFaultlab({"run", "--quick", "--suite", "numa", "--numa-balancing",
+                                   "--filter", filter, "--out", out.string()},
+                                  journal, scratch);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
-    freopen("/dev/null", "w", stdout);
-    freopen((scratch.path() / "stderr").c_str(), "w", stderr);
-    execl(FAULTLAB_BINARY, FAULTLAB_BINARY, "run", "--quick", "--suite", "numa",
-          "--numa-balancing", "--filter", filter.c_str(), "--out", out.c_str(),
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Wait until the row has numa_balancing on and its measuring child runs (the child is a fork
   // of the run: its command line names --out too).
   bool on = false;
@@ -441,12 +434,7 @@ TEST(CliNuma, NumaBalancingIsRestoredWhenTheRunIsKilled) {
   EXPECT_EQ(after, before);
   EXPECT_FALSE(fs::exists(journal));
   EXPECT_FALSE(fs::exists(out)) << "a killed run left its output directory behind";
-  std::vector<int> survivors;
-  for (int i = 0; i < 20; ++i) {
-    survivors = ProcessesWith(out.string());
-    if (survivors.empty()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::vector<int> survivors = SurvivorsWith(out.string());
   EXPECT_TRUE(survivors.empty()) << survivors.size() << " processes of the killed run survive";
 }
 

@@ -6,6 +6,7 @@
 
 #include <sched.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -65,6 +66,27 @@ inline Outcome Faultlab(const std::vector<std::string>& args, const ScratchDir& 
   return outcome;
 }
 
+// Starts the faultlab binary with `args` in the background, for a test that signals it mid-run:
+// its restore journal at `journal`, stdout discarded, stderr into `scratch`/stderr. Returns its
+// pid (-1 if fork failed); the caller reaps it.
+inline pid_t StartFaultlab(const std::vector<std::string>& args, const fs::path& journal,
+                           const ScratchDir& scratch) {
+  std::vector<std::string> argv_strings = {FAULTLAB_BINARY};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : argv_strings) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const std::string err = (scratch.path() / "stderr").string();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
+    if (!freopen("/dev/null", "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
+    execv(FAULTLAB_BINARY, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
 // The number at the start of the file at `path` (a sysfs or procfs setting), or -1.
 inline long ReadLong(const std::string& path) {
   std::ifstream in(path);
@@ -87,6 +109,18 @@ inline std::vector<int> ProcessesWith(const std::string& needle) {
     }
   }
   return pids;
+}
+
+// The processes whose command line holds `needle` (ProcessesWith) still there after a grace of
+// up to 2 s: what a killed run left behind.
+inline std::vector<int> SurvivorsWith(const std::string& needle) {
+  std::vector<int> survivors;
+  for (int i = 0; i < 20; ++i) {
+    survivors = ProcessesWith(needle);
+    if (survivors.empty()) break;
+    usleep(100 * 1000);
+  }
+  return survivors;
 }
 
 // The CPUs this process may run on (its affinity mask), in order: what --cpu accepts here.

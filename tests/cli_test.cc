@@ -312,16 +312,10 @@ TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
   // benchmarks forks a worker, which must die with the run.
   const bool forks = AllowedCpus().size() >= 2;
   const char* filter = forks ? "fault/write/anon4k/.*procs:2/" : "fault/write/anon4k";
-  const pid_t pid = fork();
+  const pid_t pid = StartFaultlab(
+      {"run", "--reserve-hugepages", "2M:8", "--filter", filter, "--out", out.string()}, journal,
+      scratch);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    setenv("FAULTLAB_JOURNAL", journal.c_str(), 1);
-    freopen("/dev/null", "w", stdout);
-    freopen((scratch.path() / "stderr").c_str(), "w", stderr);
-    execl(FAULTLAB_BINARY, FAULTLAB_BINARY, "run", "--reserve-hugepages", "2M:8", "--filter",
-          filter, "--out", out.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Wait until the pool has grown and the benchmarks run (a forked worker names --out in its
   // command line, as the run does), then kill the run.
   bool reserved = false;
@@ -341,12 +335,7 @@ TEST(Cli, HugetlbReservationIsRestoredWhenTheRunIsKilled) {
   EXPECT_FALSE(fs::exists(journal));
   EXPECT_FALSE(fs::exists(out)) << "a killed run left its output directory behind";
   // Forked workers die with the run: after a grace period no process names the run's --out.
-  std::vector<int> survivors;
-  for (int i = 0; i < 20; ++i) {
-    survivors = ProcessesWith(out.string());
-    if (survivors.empty()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::vector<int> survivors = SurvivorsWith(out.string());
   std::string pids;
   for (int survivor : survivors) pids += " " + std::to_string(survivor);
   EXPECT_TRUE(survivors.empty()) << "processes of the killed run survive:" << pids;

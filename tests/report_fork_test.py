@@ -8,7 +8,6 @@ Run: /usr/bin/python3 -m unittest -v report_fork_test (from tests/; CTest does t
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import statistics
@@ -20,7 +19,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
-from report_support import (PYTHON, REPORT, ROOT, TESTS, all_texts, flat, iteration_rows,
+from report_support import (ROOT, TESTS, all_texts, check_refused, flat,
+                            iteration_rows, listing, run_report,
                             legend_texts, load_json, renamed, run_name_of)
 
 FIXTURE = TESTS / "data" / "fork_results.json"
@@ -52,8 +52,7 @@ class ReportForkTest(unittest.TestCase):
         return summary
 
     def run_cli(self, *args):
-        return subprocess.run([PYTHON, "-B", str(REPORT), *args], capture_output=True,
-                              text=True, timeout=120)
+        return run_report(*args)
 
     def read_csv(self):
         with open(self.directory / "fork.csv", newline="", encoding="utf-8") as file:
@@ -270,15 +269,8 @@ class ReportForkTest(unittest.TestCase):
     # Bad input ---------------------------------------------------------------------------------
 
     def assert_refused(self, directory):
-        before = sorted(os.listdir(directory)) if directory.is_dir() else None
-        result = self.run_cli("fork", str(directory))
-        self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertEqual(result.stdout, "")
-        lines = result.stderr.splitlines()
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertTrue(lines[0].startswith("faultlab: "), lines[0])
-        if before is not None:
-            self.assertEqual(sorted(os.listdir(directory)), before)
+        before = listing(directory)
+        check_refused(self, run_report("fork", directory), directory, before)
         for name in OUTPUTS:
             self.assertFalse((directory / name).exists(), name)
 

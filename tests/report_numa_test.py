@@ -12,7 +12,6 @@ import copy
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import statistics
@@ -25,7 +24,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
-from report_support import PYTHON, REPORT, ROOT, SVG, TESTS, all_texts, flat, load_json  # noqa: E402
+from report_support import (ROOT, SVG, TESTS, all_texts, check_refused,  # noqa: E402
+                            flat, listing, load_json, run_report)
 
 GUEST = TESTS / "data" / "numa_results.json"
 ONE_NODE = TESTS / "data" / "numa_one_node_results.json"
@@ -206,8 +206,7 @@ class ReportNumaTest(unittest.TestCase):
         return summary
 
     def run_cli(self, *args):
-        return subprocess.run([PYTHON, "-B", str(REPORT), *args], capture_output=True,
-                              text=True, timeout=120)
+        return run_report(*args)
 
     # --- The advice ---------------------------------------------------------------------------
 
@@ -446,16 +445,8 @@ class ReportNumaTest(unittest.TestCase):
     # --- Bad input ----------------------------------------------------------------------------
 
     def assert_refused(self, directory, *, kind="numa"):
-        before = sorted(os.listdir(directory)) if directory.is_dir() else None
-        result = self.run_cli(kind, str(directory))
-        self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertEqual(result.stdout, "")
-        lines = result.stderr.splitlines()
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertTrue(lines[0].startswith("faultlab: "), lines[0])
-        if before is not None:
-            self.assertEqual(sorted(os.listdir(directory)), before)
-        return lines[0]
+        before = listing(directory)
+        return check_refused(self, run_report(kind, directory), directory, before)
 
     def test_bad_input_is_refused_and_nothing_is_written(self):
         self.assert_refused(self.directory / "no-such-run")

@@ -3,6 +3,8 @@ writes (svg.fonttype none keeps text as text)."""
 
 import copy
 import json
+import os
+import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -11,6 +13,31 @@ ROOT = TESTS.parent
 REPORT = ROOT / "reports" / "report.py"
 PYTHON = "/usr/bin/python3"  # Debian's, which has python3-matplotlib
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def run_report(*args):
+    """reports/report.py ARGS, as the front door runs it."""
+    return subprocess.run([PYTHON, "-B", str(REPORT), *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def check_refused(test, result, directory=None, before=None):
+    """Bad input as the reports promise it: exit code 2, nothing on stdout, one line on stderr
+    starting "faultlab: ", and `directory` holding what it held before (`before`, its listing).
+    Returns the line."""
+    test.assertEqual(result.returncode, 2, result.stderr)
+    test.assertEqual(result.stdout, "")
+    lines = result.stderr.splitlines()
+    test.assertEqual(len(lines), 1, result.stderr)
+    test.assertTrue(lines[0].startswith("faultlab: "), lines[0])
+    if before is not None:
+        test.assertEqual(sorted(os.listdir(directory)), before)
+    return lines[0]
+
+
+def listing(directory):
+    """sorted(os.listdir(directory)), or None when it is not a directory."""
+    return sorted(os.listdir(directory)) if Path(directory).is_dir() else None
 
 
 def load_json(path):

@@ -11,7 +11,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -19,7 +18,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
-from report_support import PYTHON, REPORT, ROOT, TESTS, flat, legend_texts, load_json  # noqa: E402
+from report_support import (ROOT, TESTS, flat, legend_texts, load_json,  # noqa: E402
+                            run_report)
 
 FIXTURE = TESTS / "data" / "uffd_results.json"
 OUTPUTS = ("uffd.csv", "uffd_round_trip.svg", "uffd_summary.txt")
@@ -72,8 +72,7 @@ class ReportUffdTest(unittest.TestCase):
         return summary
 
     def run_cli(self, *args):
-        return subprocess.run([PYTHON, "-B", str(REPORT), *args], capture_output=True,
-                              text=True, timeout=120)
+        return run_report(*args)
 
     def test_csv_has_every_uffd_and_guard_row_and_the_model_beside(self):
         document = load_fixture()

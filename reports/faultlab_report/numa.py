@@ -109,16 +109,6 @@ def why_not(bench):
     return f"{status(bench)}: {bench.skipped}"
 
 
-def label_field(bench, key):
-    """A `key=value` field of the first labelled repetition (e.g. nodes=0,1,2), or None."""
-    for row in bench.rows:
-        for field in str(row.get("label", "")).split():
-            name, _, value = field.partition("=")
-            if name == key:
-                return value
-    return None
-
-
 def short_name(bench):
     """The name without the arguments that only size the row:
     numa/policy/bind/anon4k/cpu_node:0/target:1."""
@@ -208,7 +198,7 @@ def numa_csv(benchmarks):
         return "" if value is None else value
 
     for bench in benchmarks:
-        nodes = label_field(bench, "nodes") if bench.variant in ("interleave",
+        nodes = bench.label_field("nodes") if bench.variant in ("interleave",
                                                                   "weighted_interleave") else None
         cells = [bench.case, policy_of(bench), backing_of(bench),
                  cell(bench.args.get("cpu_node")), cell(mem_node_of(bench)), cell(nodes)]
@@ -328,7 +318,7 @@ def option_name(bench):
         return f"local (node {bench.args.get('cpu_node')})"
     if policy in ("bind", "preferred"):
         return f"{policy} node {bench.args.get('target')}"
-    nodes = label_field(bench, "nodes")
+    nodes = bench.label_field("nodes")
     return f"{policy} nodes {nodes}" if nodes else f"{policy} over {bench.args.get('nodes')} nodes"
 
 
@@ -644,7 +634,7 @@ def distance_lines(run):
     distances = numa.get("distances") if isinstance(numa, dict) else None
     if not isinstance(distances, dict) or not distances:
         return []
-    return [f"NUMA distances (node: to each node): " +
+    return ["NUMA distances (node: to each node): " +
             "; ".join(f"{node}: {row}" for node, row in sorted(distances.items()))]
 
 

@@ -108,6 +108,15 @@ class Benchmark:
     def repetitions(self):
         return len(self.rows)
 
+    def label_field(self, key):
+        """A `key=value` field of the first labelled repetition (e.g. nodes=0,1,2), or None."""
+        for row in self.rows:
+            for item in str(row.get("label", "")).split():
+                name, _, value = item.partition("=")
+                if name == key:
+                    return value
+        return None
+
     def counter_names(self):
         """Every counter any repetition carries, in the order first seen."""
         names = {}

@@ -267,16 +267,6 @@ def zeropage_lines(found):
                   "userfaultfd (same run):", lines)
 
 
-def first_label_field(bench, key):
-    """A `key=value` field of the first repetition's label (e.g. si_code=BUS_ADRERR), or None."""
-    for row in bench.rows:
-        for field in str(row.get("label", "")).split():
-            name, _, value = field.partition("=")
-            if name == key:
-                return value
-    return None
-
-
 def faults_per_round_trip(bench):
     """page-faults per round trip (counted rounds), as text, if the run counted them."""
     faults = bench.measure("page-faults") if bench else None
@@ -330,8 +320,8 @@ def unpopulated_lines(found):
         if protect is not None:
             unit = "2 MiB page" if memory == "hugetlb2m" else "4 KiB page"
             text += f"; UFFDIO_WRITEPROTECT {format_ns(protect.value)} per {unit} protected"
-        if first_label_field(bench, "markers"):
-            text += f" (markers through {first_label_field(bench, 'markers')})"
+        if bench.label_field("markers"):
+            text += f" (markers through {bench.label_field('markers')})"
         lines.append(text + ".")
     return titled("Write-protecting unpopulated ranges (a marker in each none entry): the first "
                   "write allocates and zeroes the page and maps it protected, then raises the WP "
@@ -355,7 +345,7 @@ def no_handler_lines(run):
         if poison.skipped:
             continue
         text = (f"  poison anon4k: a read of a UFFDIO_POISON marker, SIGBUS "
-                f"({first_label_field(poison, 'si_code')}) to the signal handler and back "
+                f"({poison.label_field('si_code')}) to the signal handler and back "
                 f"{with_spread(median_round_trip(poison))}")
         guard = next((bench for bench in run.select("guard", "fault", "anon4k")
                       if not bench.skipped), None)
