@@ -1,15 +1,16 @@
 #!/usr/bin/python3
-"""faultlab's reports from a run directory: report.py KIND DIR (kinds: fork, uffd, numa); and
-the comparison of two runs: report.py compare A B [--csv FILE].
+"""faultlab's reports from a run directory: report.py DIR (every report the run has rows for and
+DIR/index.html, the whole run as one page); report.py KIND DIR (one report; kinds: fork, uffd,
+numa); and the comparison of two runs: report.py compare A B [--csv FILE] [--html FILE].
 
-Reads DIR/results.json and writes the report's files into DIR; prints the summary. Bad input
-(no such directory, no results.json, not faultlab's JSON, no rows for the report) is one line on
-stderr and exit code 2, with nothing written.
+Reads DIR/results.json and writes the reports' files into DIR, all or none; prints the reports'
+summaries. Bad input (no such directory, no results.json, not faultlab's JSON, no rows for the
+report) is one line on stderr and exit code 2, with nothing written.
 
 compare prints, for each benchmark of both runs, B's figures against A's with a U test over
-the repetitions (faultlab_report/compare.py), and with --csv writes the same rows to FILE. Bad
-input (either directory, no benchmark in both, FILE's directory missing) is one line on stderr
-and exit code 2, with nothing written.
+the repetitions (faultlab_report/compare.py); --csv writes the same rows to FILE, --html a
+self-contained page of them. Bad input (either directory, no benchmark in both, a FILE's
+directory missing) is one line on stderr and exit code 2, with nothing written.
 
 Runs with Debian's /usr/bin/python3, which has python3-matplotlib (the `python3` on PATH may be
 another install without it).
@@ -21,76 +22,76 @@ import sys
 # The source tree's .gitignore does not cover __pycache__: write none there.
 sys.dont_write_bytecode = True
 
-from faultlab_report import fork, numa, uffd  # noqa: E402
+from faultlab_report import html  # noqa: E402
 from faultlab_report.results import BadInput, write_files  # noqa: E402
 
-KINDS = {"fork": fork.write_report, "uffd": uffd.write_report, "numa": numa.write_report}
+KINDS = {kind: module.write_report for kind, module in html.KINDS.items()}
 
 
-COMPARE_USAGE = "faultlab compare A B [--csv FILE]"
+COMPARE_USAGE = "faultlab compare A B [--csv FILE] [--html FILE]"
+# compare's options that name a file to write, and how each formats the comparison.
+COMPARE_OUTPUTS = ("--csv", "--html")
 
 
-def csv_target(path):
-    """(directory, file name) to write the CSV as; BadInput if it cannot be a new file there."""
+def output_target(option, path):
+    """(directory, file name) to write an output as; BadInput if it cannot be a new file
+    there."""
     directory, name = os.path.split(os.path.abspath(path))
     if not name or os.path.isdir(path):
-        raise BadInput(f"--csv {path}: a directory, not a file name")
+        raise BadInput(f"{option} {path}: a directory, not a file name")
     if not os.path.isdir(directory):
-        raise BadInput(f"--csv {path}: no such directory {directory}")
+        raise BadInput(f"{option} {path}: no such directory {directory}")
     return directory, name
 
 
 def compare_main(args):
-    """report.py compare A B [--csv FILE]."""
+    """report.py compare A B [--csv FILE] [--html FILE]."""
     # Imported here: only compare needs scipy, which the other reports should not wait for.
     from faultlab_report import compare
-    csv_path, runs, rest = None, [], list(args)
+    outputs, runs, rest = {}, [], list(args)
     while rest:
         arg = rest.pop(0)
-        if arg == "--csv" and rest:
-            csv_path = rest.pop(0)
-        elif arg.startswith("--csv="):
-            csv_path = arg.removeprefix("--csv=")
+        option, equals, value = arg.partition("=")
+        if option in COMPARE_OUTPUTS and (equals or rest):
+            outputs[option] = value if equals else rest.pop(0)
+            if outputs[option] == "":
+                print(f"faultlab: {option} takes a file name: {COMPARE_USAGE}", file=sys.stderr)
+                return 2
         elif arg.startswith("-"):
-            what = "--csv takes a file name" if arg == "--csv" else f"unknown option '{arg}'"
+            what = f"{arg} takes a file name" if arg in COMPARE_OUTPUTS else \
+                f"unknown option '{arg}'"
             print(f"faultlab: {what}: {COMPARE_USAGE}", file=sys.stderr)
             return 2
         else:
             runs.append(arg)
-    if len(runs) != 2 or csv_path == "":
-        what = "--csv takes a file name" if csv_path == "" else "compare takes two run directories"
-        print(f"faultlab: {what}: {COMPARE_USAGE}", file=sys.stderr)
+    if len(runs) != 2:
+        print(f"faultlab: compare takes two run directories: {COMPARE_USAGE}", file=sys.stderr)
         return 2
     try:
-        target = csv_target(csv_path) if csv_path is not None else None
+        targets = {option: output_target(option, path) for option, path in outputs.items()}
         comparison = compare.load_and_compare(*runs)
     except BadInput as error:
         print(f"faultlab: {error}", file=sys.stderr)
         return 2
-    if target is not None:
+    formats = {"--csv": compare.csv_report, "--html": compare.html_report}
+    contents = {option: formats[option](comparison).encode() for option in targets}
+    for option, (directory, name) in targets.items():
         try:
-            write_files(target[0], {target[1]: compare.csv_report(comparison).encode()})
+            write_files(directory, {name: contents[option]})
         except OSError as error:
-            print(f"faultlab: cannot write {csv_path}: {error}", file=sys.stderr)
+            print(f"faultlab: cannot write {outputs[option]}: {error}", file=sys.stderr)
             return 1
     sys.stdout.write(compare.text_report(comparison))
-    if target is not None:
-        print(f"faultlab: wrote {csv_path}", file=sys.stderr)
+    for option in targets:
+        print(f"faultlab: wrote {outputs[option]}", file=sys.stderr)
     return 0
 
 
-def main(argv):
-    if len(argv) > 1 and argv[1] == "compare":
-        return compare_main(argv[2:])
-    if len(argv) != 3 or argv[1] not in KINDS:
-        kind = argv[1] if len(argv) > 1 else ""
-        what = f"unknown report '{kind}'" if kind and kind not in KINDS else "usage"
-        print(f"faultlab: {what}: report.py KIND DIR (kinds: {', '.join(KINDS)}), or "
-              f"{COMPARE_USAGE}", file=sys.stderr)
-        return 2
-    directory = argv[2]
+def write_and_say(write_report, directory):
+    """Runs a report writer on directory: prints its summary and what it wrote; the exit
+    code."""
     try:
-        summary, written = KINDS[argv[1]](directory)
+        summary, written = write_report(directory)
     except BadInput as error:
         print(f"faultlab: {error}", file=sys.stderr)
         return 2
@@ -100,6 +101,20 @@ def main(argv):
     sys.stdout.write(summary)
     print(f"faultlab: wrote {directory.rstrip('/')}/{{{','.join(written)}}}", file=sys.stderr)
     return 0
+
+
+def main(argv):
+    if len(argv) > 1 and argv[1] == "compare":
+        return compare_main(argv[2:])
+    if len(argv) == 2 and argv[1] not in KINDS and not argv[1].startswith("-"):
+        return write_and_say(html.write_report, argv[1])
+    if len(argv) != 3 or argv[1] not in KINDS:
+        kind = argv[1] if len(argv) > 1 else ""
+        what = f"unknown report '{kind}'" if kind and kind not in KINDS else "usage"
+        print(f"faultlab: {what}: report.py DIR, report.py KIND DIR (kinds: "
+              f"{', '.join(KINDS)}), or {COMPARE_USAGE}", file=sys.stderr)
+        return 2
+    return write_and_say(KINDS[argv[1]], argv[2])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Use:
     chart = line_chart([Series("kernel anon4k", x, y, low=..., high=...)], title=..., ...)
     chart = bar_chart(["missing_copy anon4k", ...], [Bars("same_cpu", [v, ...]), ...], ...)
     chart = heatmap([Grid("anon4k", ["cpu 0"], ["mem 0"], [[95.2]], [["95.2 ns"]])], ...)
+    chart = range_chart(["anon4k", ...], [Points("p50", [1.49, ...]), Points("max", ...)], ...)
     data = svg_bytes(chart)
 """
 
@@ -69,6 +70,23 @@ class Bars:
     high: Optional[Sequence[Optional[float]]] = None
     color: Optional[str] = None
     hatched: bool = False
+
+
+@dataclass
+class Points:
+    """One point per category of a range chart (None where the series has no value there), with
+    the spread at each as its low and high ends; marker: a matplotlib marker, or the next of
+    RANGE_MARKERS."""
+    label: str
+    values: Sequence[Optional[float]]
+    low: Optional[Sequence[Optional[float]]] = None
+    high: Optional[Sequence[Optional[float]]] = None
+    color: Optional[str] = None
+    marker: Optional[str] = None
+
+
+# The markers of a range chart's series, in order: shapes tell them apart where they overlap.
+RANGE_MARKERS = "os^Dvph*"
 
 
 @dataclass
@@ -186,6 +204,45 @@ def bar_chart(categories, bars, *, title, value_label, log=False, notes=(), size
         axes.set_title(title)
         axes.set_xlabel(value_label)
         if bars:
+            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        add_notes(axes, notes)
+        return figure
+
+
+def range_chart(categories, points, *, title, value_label, log=False, notes=(), size=None):
+    """Per category (the first on top) a row: one point per series that has a value there
+    (spread as error bars), on a grey line from the row's smallest point to its largest, so that
+    a distribution's percentiles read as one stretch. log: a log value axis."""
+    with style():
+        figure = Figure(figsize=size or (10, 1.4 + 0.35 * len(categories)))
+        axes = figure.add_subplot()
+        for row in range(len(categories)):
+            values = [series.values[row] for series in points if series.values[row] is not None]
+            if len(values) > 1:
+                axes.plot([min(values), max(values)], [row, row], color="#bbbbbb",
+                          linewidth=1.0, zorder=1)
+        for index, series in enumerate(points):
+            rows = [(row, value) for row, value in enumerate(series.values) if value is not None]
+            if not rows:
+                continue
+            spread = None
+            if series.low is not None and series.high is not None:
+                spread = [[value - series.low[row] for row, value in rows],
+                          [series.high[row] - value for row, value in rows]]
+            axes.errorbar([value for _, value in rows], [row for row, _ in rows], xerr=spread,
+                          label=series.label, color=series.color, linestyle="none",
+                          marker=series.marker or RANGE_MARKERS[index % len(RANGE_MARKERS)],
+                          markersize=6, capsize=2, elinewidth=0.8, zorder=2)
+        axes.set_yticks(range(len(categories)))
+        axes.set_yticklabels(categories)
+        axes.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
+        axes.grid(axis="y", visible=False)
+        if log:
+            axes.set_xscale("log")
+            plain_ticks(axes.xaxis)
+        axes.set_title(title)
+        axes.set_xlabel(value_label)
+        if points:
             axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         add_notes(axes, notes)
         return figure

@@ -19,8 +19,8 @@ Rows only in one run, and rows skipped in either (with the reasons), are listed 
 that change figures (kernel, CPU, THP, numa_balancing, emulation, the CPUs used) are compared
 between the two runs' environments and every difference is named.
 
-compare_runs() returns the comparison as data, for the text table here, the CSV, and any other
-report (the HTML report) to format.
+compare_runs() returns the comparison as data, for the text table here, the CSV and the
+HTML page (`--html`, in page.py's frame) to format.
 """
 
 import csv
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from scipy.stats import mannwhitneyu
 
-from .results import TIME, load_run, BadInput
+from .page import escape, frame, table
+from .results import TIME, BadInput, leaves, load_run
 from .text import format_ns, significant, wrap
 
 # Significance level of the U test, compare.py's default (--alpha).
@@ -175,16 +176,6 @@ def sort_key(row):
     """Regressions, then improvements, then the rest; within each, the largest change first."""
     change = abs(math.log(row.ratio)) if row.ratio > 0 else math.inf
     return VERDICT_ORDER.index(row.verdict), -change, row.name, FIGURES.index(row.figure)
-
-
-def leaves(value, path):
-    """{path/key...: leaf} of a nested object (a leaf is anything but a dict)."""
-    if not isinstance(value, dict):
-        return {path: value}
-    found = {}
-    for key, inner in value.items():
-        found.update(leaves(inner, f"{path}/{key}"))
-    return found
 
 
 def lookup(document, path):
@@ -364,3 +355,51 @@ def csv_report(comparison):
     for item in comparison.only_in_a + comparison.only_in_b + comparison.skipped:
         writer.writerow([item.name, "", "", "", "", "", "", "", "", "", item.reason])
     return output.getvalue()
+
+
+def html_report(comparison):
+    """The comparison as a self-contained page: both runs, the environment's differences and the
+    weak-test warnings first, then the table (regressions first) and what was not compared."""
+    names = display_names(comparison)
+    runs = "".join(f"<li>{escape(describe_run(label, run))}</li>"
+                   for label, run in (("A", comparison.a), ("B", comparison.b)))
+    parts = ["<header><h1>faultlab compare</h1>",
+             f'<p class="lead">Each benchmark of run B against the same benchmark of run A.</p>'
+             f"<ul>{runs}</ul></header>"]
+    warnings = [f"The two runs' environments differ in {difference.what}: A "
+                f"{difference.a!r}, B {difference.b!r}" for difference in comparison.environment]
+    warnings += [line.removeprefix("* ").removeprefix("WARNING: ")
+                 for line in weak_test_lines(comparison)]
+    if warnings:
+        items = "".join(f"<li>{escape(' '.join(warning.split()))}</li>" for warning in warnings)
+        parts.append(f'<section id="warnings" class="warnings"><h2>Warnings ({len(warnings)})'
+                     f"</h2><ul>{items}</ul></section>")
+    counts = comparison.counts()
+    parts.append(
+        f'<section id="comparison"><h2>{len(comparison.rows)} figures compared: ' +
+        escape(", ".join(f"{count} {verdict}" for verdict, count in counts.items() if count)) +
+        f"</h2><p>B/A: the ratio of the medians over repetitions (above 1: B takes longer). p: "
+        f"two-sided Mann-Whitney U test over the repetitions; significant below {ALPHA}. *: fewer "
+        f"than {OPTIMAL_REPETITIONS} repetitions on a side, a weak test.</p>")
+    rows = []
+    for row in comparison.rows:
+        verdict = row.verdict + (" *" if row.weak and row.verdict != TOO_FEW else "")
+        rows.append((row.verdict.replace(" ", "-"),
+                     [names[row.name], row.label, format_ns(row.a_median),
+                      format_ns(row.b_median), format_ratio(row.ratio), format_p(row.p_value),
+                      f"{len(row.a_values)} / {len(row.b_values)}", verdict]))
+    classes = {0: "name", 2: "num", 3: "num", 4: "num", 5: "num", 6: "num", 7: "verdict"}
+    parts.append(table(("benchmark", "figure", "A", "B", "B/A", "p", "repetitions A / B",
+                        "verdict"), rows, classes))
+    parts.append("</section>")
+    not_compared = [(f"Only in A ({len(comparison.only_in_a)})", comparison.only_in_a),
+                    (f"Only in B ({len(comparison.only_in_b)})", comparison.only_in_b),
+                    (f"Skipped ({len(comparison.skipped)})", comparison.skipped)]
+    for title, items in not_compared:
+        if items:
+            parts.append(f"<h2>{escape(title)}, not compared</h2>")
+            parts.append(table(("benchmark", "why"),
+                               [("skipped", [names[item.name], item.reason]) for item in items],
+                               {0: "name"}))
+    title = f"faultlab compare: {comparison.a.directory.name} against {comparison.b.directory.name}"
+    return frame(title, "\n".join(parts))

@@ -773,11 +773,15 @@ def report_benchmarks(run):
             if bench.suite == "fork" or (bench.suite == "model" and bench.case in MODEL_CASES)]
 
 
-def write_report(directory):
-    """Writes the fork report into directory; returns the summary. Raises BadInput."""
-    run = load_run(directory)
-    if not any(bench.suite == "fork" or (bench.suite, bench.case) == ("model", "fork")
-               for bench in run.benchmarks):
+def applies(run):
+    """Whether the run has rows for this report."""
+    return any(bench.suite == "fork" or (bench.suite, bench.case) == ("model", "fork")
+               for bench in run.benchmarks)
+
+
+def report_files(run):
+    """The fork report of a loaded run: (summary, {file name: bytes}). Raises BadInput."""
+    if not applies(run):
         raise BadInput(f"{run.directory / 'results.json'}: no fork or model/fork rows (run "
                        f"{KERNEL_RUN_COMMAND}, or {MODEL_RUN_COMMAND})")
     benchmarks = report_benchmarks(run)
@@ -797,5 +801,13 @@ def write_report(directory):
         files["fork_write_cost.svg"] = write_cost_svg
     summary = summary_text(run, benchmarks, costs, left_out)
     files["fork_summary.txt"] = summary.encode()
+    return summary, files
+
+
+def write_report(directory):
+    """Writes the fork report into directory; returns the summary and the files written. Raises
+    BadInput."""
+    run = load_run(directory)
+    summary, files = report_files(run)
     write_files(run.directory, files)
     return summary, sorted(files)

@@ -89,24 +89,9 @@ CHART_FILES = {"latency": "numa_latency.svg", "bandwidth": "numa_bandwidth.svg",
 # ---------------------------------------------------------------------------------------------
 # Reading the rows
 
-def failed(bench):
-    """A row that errored without the 'skipped: ' of a row that cannot run here: a premise or a
-    data check that did not hold."""
-    return any(row.get("error_occurred") and
-               not str(row.get("error_message", "")).startswith("skipped: ")
-               for row in bench.rows)
-
-
-def status(bench):
-    """'measured', 'skipped' or 'failed'."""
-    if not bench.skipped:
-        return "measured"
-    return "failed" if failed(bench) else "skipped"
-
-
 def why_not(bench):
     """'skipped: <reason>' or 'failed: <reason>'."""
-    return f"{status(bench)}: {bench.skipped}"
+    return f"{bench.status}: {bench.skipped}"
 
 
 def short_name(bench):
@@ -160,17 +145,6 @@ def nodes_of(cells):
     return (sorted({cpu for cpu, _ in cells}), sorted({mem for _, mem in cells}))
 
 
-def emulation(run):
-    """The emulator's name when the run was under software emulation, else None."""
-    recorded = run.environment().get("emulation")
-    if isinstance(recorded, dict) and recorded.get("emulated"):
-        return str(recorded.get("emulator") or "an emulator")
-    warnings = (run.context.get("faultlab") or {}).get("warnings") or []
-    if any(str(warning).startswith("SOFTWARE EMULATION") for warning in warnings):
-        return "an emulator"
-    return None
-
-
 def emulation_lines(emulator):
     if not emulator:
         return []
@@ -204,7 +178,7 @@ def numa_csv(benchmarks):
                  cell(bench.args.get("cpu_node")), cell(mem_node_of(bench)), cell(nodes)]
         cells += [cell(bench.args.get(key)) for key in ("batch", "from", "to", "region_mib",
                                                         "chase_mib")]
-        cells += [bench.repetitions, status(bench), bench.skipped]
+        cells += [bench.repetitions, bench.status, bench.skipped]
         measures = [bench.measure(name) for name in MAIN_FIGURES]
         cells += ["" if measure is None else repr(measure.value) for measure in measures]
         cells += ["" if measure is None else repr(measure.cv) for measure in measures]
@@ -248,7 +222,7 @@ def heatmap_chart(run, benchmarks, case, emulator):
                 measure = bench.measure(shape.counter) if bench else None
                 values[-1].append(measure.value if measure else None)
                 texts[-1].append(cell_text(bench, shape) if measure else
-                                 status(bench) if bench else None)
+                                 bench.status if bench else None)
                 ids[-1].append(f"cell-{backing}-cpu{cpu}-mem{mem}")
         grids.append(charts.Grid(backing, [f"{cpu}" for cpu in cpus], [f"{mem}" for mem in mems],
                                  values, texts, ids))
@@ -293,7 +267,7 @@ def matrix_lines(benchmarks, case):
             texts = []
             for mem in mems:
                 bench = cells.get((cpu, mem))
-                texts.append((cell_text(bench, shape) or status(bench)) if bench else "-")
+                texts.append((cell_text(bench, shape) or bench.status) if bench else "-")
             lines.append(f"    cpu {cpu:<6}" + "".join(f"{text:>12}" for text in texts))
     if not lines:
         return []
@@ -472,7 +446,7 @@ def missing_lines(benchmarks):
         return []
     reason = next((bench.skipped for bench in benchmarks if bench.skipped and
                    ("target" in bench.args or "to" in bench.args)
-                   and not failed(bench)), None)
+                   and not bench.failed), None)
     nodes = ", ".join(str(node) for node in sorted(measured_mems)) or "none"
     return ["", f"Missing from this run: only memory node {nodes} was measured, so the matrix is "
                 "one column, every option places the same pages on the same node (their "
@@ -614,13 +588,13 @@ def not_measured_lines(benchmarks):
     lines = []
     skipped = {}
     for bench in benchmarks:
-        if bench.skipped and not failed(bench):
+        if bench.skipped and not bench.failed:
             skipped.setdefault(bench.skipped, []).append(short_name(bench))
     if skipped:
         lines += ["", "Skipped (cannot run here), by reason:"]
         for reason, names in skipped.items():
             lines.append(f"  {reason}: {'; '.join(names)}.")
-    failures = [bench for bench in benchmarks if failed(bench)]
+    failures = [bench for bench in benchmarks if bench.failed]
     if failures:
         lines += ["", "Failed (a premise or data check did not hold; no figure kept):"]
         lines += [f"  {short_name(bench)}: {bench.skipped}" for bench in failures]
@@ -657,14 +631,17 @@ def summary_text(run, benchmarks, emulator, left_out):
     return "\n".join(wrap(line) for line in lines) + "\n"
 
 
-def write_report(directory):
-    """Writes the numa report into directory; returns the summary and the files written. Raises
-    BadInput."""
-    run = load_run(directory)
+def applies(run):
+    """Whether the run has rows for this report."""
+    return bool(numa_rows(run))
+
+
+def report_files(run):
+    """The numa report of a loaded run: (summary, {file name: bytes}). Raises BadInput."""
     benchmarks = numa_rows(run)
     if not benchmarks:
         raise BadInput(f"{run.directory / 'results.json'}: no numa rows (run {RUN_COMMAND})")
-    emulator = emulation(run)
+    emulator = run.emulator()
     files = {"numa.csv": numa_csv(benchmarks).encode()}
     left_out = []
     for case in ("latency", "bandwidth", "first_touch"):
@@ -675,5 +652,13 @@ def write_report(directory):
             files[CHART_FILES[case]] = chart
     summary = summary_text(run, benchmarks, emulator, left_out)
     files["numa_summary.txt"] = summary.encode()
+    return summary, files
+
+
+def write_report(directory):
+    """Writes the numa report into directory; returns the summary and the files written. Raises
+    BadInput."""
+    run = load_run(directory)
+    summary, files = report_files(run)
     write_files(run.directory, files)
     return summary, sorted(files)

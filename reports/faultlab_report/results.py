@@ -117,6 +117,27 @@ class Benchmark:
                     return value
         return None
 
+    @property
+    def failed(self):
+        """Errored without the 'skipped: ' of a row that cannot run here: a premise or a data
+        check that did not hold."""
+        return any(row.get("error_occurred") and
+                   not str(row.get("error_message", "")).startswith("skipped: ")
+                   for row in self.rows)
+
+    @property
+    def status(self):
+        """'measured', 'skipped' or 'failed'."""
+        if not self.skipped:
+            return "measured"
+        return "failed" if self.failed else "skipped"
+
+    @property
+    def label(self):
+        """The label of the first repetition that has one (they say how the row was set up:
+        backing, CPUs, verified premise), or empty."""
+        return next((str(row["label"]) for row in self.rows if row.get("label")), "")
+
     def counter_names(self):
         """Every counter any repetition carries, in the order first seen."""
         names = {}
@@ -184,11 +205,30 @@ class Run:
         environment = faultlab.get("environment") if isinstance(faultlab, dict) else None
         return environment if isinstance(environment, dict) else {}
 
-    def run_cpus(self):
-        """The CPUs the run's workers were given (--cpu, or all it was allowed); [] if unknown."""
+    def warnings(self):
+        """The environment's warnings: conditions that distort the run's figures."""
+        faultlab = self.context.get("faultlab")
+        warnings = faultlab.get("warnings") if isinstance(faultlab, dict) else None
+        return [str(warning) for warning in warnings] if isinstance(warnings, list) else []
+
+    def options(self):
+        """The options the run was given (suites, filter, CPUs, ...); {} if not recorded."""
         faultlab = self.context.get("faultlab")
         options = faultlab.get("options") if isinstance(faultlab, dict) else None
-        cpus = options.get("cpus") if isinstance(options, dict) else None
+        return options if isinstance(options, dict) else {}
+
+    def emulator(self):
+        """The emulator's name when the run was under software emulation, else None."""
+        recorded = self.environment().get("emulation")
+        if isinstance(recorded, dict) and recorded.get("emulated"):
+            return str(recorded.get("emulator") or "an emulator")
+        if any(warning.startswith("SOFTWARE EMULATION") for warning in self.warnings()):
+            return "an emulator"
+        return None
+
+    def run_cpus(self):
+        """The CPUs the run's workers were given (--cpu, or all it was allowed); [] if unknown."""
+        cpus = self.options().get("cpus")
         return cpus if isinstance(cpus, list) else []
 
     def machine(self):
@@ -209,6 +249,16 @@ class Run:
         if hypervisor.get("present"):
             parts.append(f"{hypervisor.get('vendor') or 'VM'} guest")
         return ", ".join(parts)
+
+
+def leaves(value, path):
+    """{path/key...: leaf} of a nested object (a leaf is anything but a dict)."""
+    if not isinstance(value, dict):
+        return {path: value}
+    found = {}
+    for key, inner in value.items():
+        found.update(leaves(inner, f"{path}/{key}"))
+    return found
 
 
 def load_run(directory):

@@ -488,10 +488,14 @@ def report_benchmarks(run):
             (bench.suite == "model" and bench.case in MODEL_CASES)]
 
 
-def write_report(directory):
-    """Writes the uffd report into directory; returns the summary. Raises BadInput."""
-    run = load_run(directory)
-    if not any(bench.suite in ("uffd", "guard") for bench in run.benchmarks):
+def applies(run):
+    """Whether the run has rows for this report."""
+    return any(bench.suite in ("uffd", "guard") for bench in run.benchmarks)
+
+
+def report_files(run):
+    """The uffd report of a loaded run: (summary, {file name: bytes}). Raises BadInput."""
+    if not applies(run):
         raise BadInput(f"{run.directory / 'results.json'}: no uffd or guard rows (run "
                        f"{RUN_COMMAND})")
     benchmarks = report_benchmarks(run)
@@ -506,6 +510,13 @@ def write_report(directory):
         files["uffd_round_trip.svg"] = chart
     summary = summary_text(run, benchmarks, found, pairs, left_out)
     files["uffd_summary.txt"] = summary.encode()
+    return summary, files
+
+
+def write_report(directory):
+    """Writes the uffd report into directory; returns the summary and the files written. Raises
+    BadInput."""
+    run = load_run(directory)
+    summary, files = report_files(run)
     write_files(run.directory, files)
     return summary, sorted(files)
-
