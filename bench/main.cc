@@ -91,9 +91,16 @@ struct RunArgs {
 // The console view: one line per benchmark with the figures a reader looks at first (the mean
 // of the repetitions and their spread, the tail, the first round, the harness share); every
 // counter and repetition is in results.json and results.csv. Progress goes to stderr.
+// It also notes when each benchmark ran (its span), on CLOCK_MONOTONIC, the clock
+// `faultlab run --flamegraph` has perf stamp its samples with, so one profile of the whole run
+// cuts into one flame graph per benchmark. A benchmark's span runs from the previous one's end
+// (or the run's start) to its own rows, so its setup is in it too.
 class CompactReporter : public benchmark::BenchmarkReporter {
  public:
-  explicit CompactReporter(std::size_t total) : total_(total) {}
+  explicit CompactReporter(std::size_t total) : total_(total), span_start_(MonotonicSeconds()) {}
+
+  // [{"name", "start", "end"}] in CLOCK_MONOTONIC seconds, one per benchmark in run order.
+  const nlohmann::json& spans() const { return spans_; }
 
   bool ReportContext(const Context&) override {
     GetOutputStream() << absl::StrFormat("%-66s %9s %6s %9s %9s %9s %9s %7s\n", "benchmark",
@@ -108,6 +115,9 @@ class CompactReporter : public benchmark::BenchmarkReporter {
     const std::string name = DisplayName(first.run_name.str());
     if (first.run_type != Run::RT_Aggregate) {
       ++done_;
+      const double now = MonotonicSeconds();
+      spans_.push_back({{"name", first.run_name.str()}, {"start", span_start_}, {"end", now}});
+      span_start_ = now;
       std::cerr << "[" << done_ << "/" << total_ << "] " << name << " (" << total_ - done_
                 << " left)\n";
       if (first.error_occurred) {
@@ -156,8 +166,16 @@ class CompactReporter : public benchmark::BenchmarkReporter {
         std::isnan(harness) ? std::string("-") : absl::StrFormat("%.1f%%", harness * 100));
   }
 
+  static double MonotonicSeconds() {
+    timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+  }
+
   std::size_t total_;
   std::size_t done_ = 0;
+  double span_start_;
+  nlohmann::json spans_ = nlohmann::json::array();
 };
 
 // Collects the names `--benchmark_list_tests` prints, to count the run's benchmarks up front.
@@ -670,6 +688,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
         {"degraded", degraded},
         {"tracefs", tracefs}}},
   };
+  context["faultlab"]["benchmark_spans"] = display.spans();
   context["faultlab"]["run_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const std::string summary = FaultSummary(results) + ModelSummary(results);

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """faultlab's reports from a run directory: report.py DIR (every report the run has rows for and
 DIR/index.html, the whole run as one page); report.py KIND DIR (one report; kinds: fork, uffd,
-numa); and the comparison of two runs: report.py compare A B [--csv FILE] [--html FILE].
+numa); report.py flamegraphs DIR ... (scripts/faultlab's, after `run --flamegraph`: the
+per-benchmark flame graphs from DIR/flamegraphs/perf.data); and the comparison of two runs:
+report.py compare A B [--csv FILE] [--html FILE].
 
 Reads DIR/results.json and writes the reports' files into DIR, all or none; prints the reports'
 summaries. Bad input (no such directory, no results.json, not faultlab's JSON, no rows for the
@@ -103,9 +105,26 @@ def write_and_say(write_report, directory):
     return 0
 
 
+def flamegraphs_main(args):
+    """report.py flamegraphs DIR TEMPLATE EVENT FREQUENCY CALL_GRAPH: scripts/faultlab's, after
+    a `run --flamegraph` (faultlab_report/flamegraph.py)."""
+    from faultlab_report import flamegraph
+    try:
+        flamegraph.main(args)
+    except BadInput as error:
+        print(f"faultlab: {error}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as error:
+        print(f"faultlab: flame graphs: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv):
     if len(argv) > 1 and argv[1] == "compare":
         return compare_main(argv[2:])
+    if len(argv) > 1 and argv[1] == "flamegraphs":
+        return flamegraphs_main(argv[2:])
     if len(argv) == 2 and argv[1] not in KINDS and not argv[1].startswith("-"):
         return write_and_say(html.write_report, argv[1])
     if len(argv) != 3 or argv[1] not in KINDS:

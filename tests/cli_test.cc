@@ -192,6 +192,28 @@ TEST_F(RunOutput, ContextHoldsSchemaEnvironmentTopologyAndCounters) {
   }
 }
 
+// When each benchmark ran, what `faultlab run --flamegraph` cuts its profile by: one span per
+// benchmark, in run order, each ending before the next begins.
+TEST_F(RunOutput, BenchmarkSpansCoverEachBenchmarkInRunOrder) {
+  ASSERT_FALSE(results_->is_discarded());
+  std::vector<std::string> names;
+  for (const auto& row : (*results_)["benchmarks"]) {
+    const std::string name = row["run_name"].get<std::string>();
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  }
+  const nlohmann::json& spans = (*results_)["context"]["faultlab"]["benchmark_spans"];
+  ASSERT_EQ(spans.size(), names.size());
+  double previous_end = 0;
+  for (std::size_t i = 0; i < spans.size(); ++i) {
+    EXPECT_EQ(spans[i]["name"], names[i]);
+    const double start = spans[i]["start"].get<double>();
+    const double end = spans[i]["end"].get<double>();
+    EXPECT_LT(start, end) << names[i];
+    EXPECT_GE(start, previous_end) << names[i];
+    previous_end = end;
+  }
+}
+
 TEST_F(RunOutput, NamesAndFiguresFollowTheContract) {
   const nlohmann::json* write = Row("fault/write/anon4k/region_mib:64/procs:1/");
   const nlohmann::json* read = Row("fault/read_zeropage/anon4k/region_mib:64/procs:1/");

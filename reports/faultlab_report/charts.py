@@ -189,8 +189,9 @@ def bar_chart(categories, bars, *, title, value_label, log=False, notes=(), size
             values = [value for _, value in rows]
             spread = None
             if series.low is not None and series.high is not None:
-                spread = [[value - series.low[row] for row, value in rows],
-                          [series.high[row] - value for row, value in rows]]
+                # Never negative: a mean of equal repetitions can round an ulp past them.
+                spread = [[max(0.0, value - series.low[row]) for row, value in rows],
+                          [max(0.0, series.high[row] - value) for row, value in rows]]
             axes.barh(positions, values, height=height * 0.9, xerr=spread, label=series.label,
                       color=series.color, hatch="//" if series.hatched else None,
                       error_kw={"elinewidth": 0.8, "capsize": 2})
@@ -227,8 +228,9 @@ def range_chart(categories, points, *, title, value_label, log=False, notes=(), 
                 continue
             spread = None
             if series.low is not None and series.high is not None:
-                spread = [[value - series.low[row] for row, value in rows],
-                          [series.high[row] - value for row, value in rows]]
+                # Never negative: a mean of equal repetitions can round an ulp past them.
+                spread = [[max(0.0, value - series.low[row]) for row, value in rows],
+                          [max(0.0, series.high[row] - value) for row, value in rows]]
             axes.errorbar([value for _, value in rows], [row for row, _ in rows], xerr=spread,
                           label=series.label, color=series.color, linestyle="none",
                           marker=series.marker or RANGE_MARKERS[index % len(RANGE_MARKERS)],

@@ -5,9 +5,10 @@ DIR/results.json.
 The page, in order: the run (machine, kernel, date, faultlab's version, the run's options), the
 environment's warnings (software emulation first), a table of contents, the environment, the
 run's own summary (summary.txt: the fault and model suites), then a section per suite the run
-has (fault, fork, uffd, guard, numa, model, then any other), and the files of the run. A suite's
-section has its charts inline, the summary of the report that covers it, and a table of its
-rows: name, status (measured, skipped or failed, with the reason), the figures that say most
+has (fault, fork, uffd, guard, numa, model, then any other), the flame graphs when the run was
+recorded with --flamegraph (links into flamegraphs/: flamegraph.py), and the files of the run.
+A suite's section has its charts inline, the summary of the report that covers it, and a table
+of its rows: name, status (measured, skipped or failed, with the reason), the figures that say most
 about the suite, the time column's spread across repetitions, and the row's label. The fork,
 uffd and numa reports' charts and summaries go in the first section of the suites each covers;
 the fault suite's charts (fault.py) are drawn here, as results.json has them: percentiles of
@@ -20,7 +21,7 @@ is written with or one the run wrote (results.json, results.csv, summary.txt, to
 import json
 import math
 
-from . import fault, fork, numa, uffd
+from . import fault, flamegraph, fork, numa, uffd
 from .page import Cell, escape, frame, inline_svg, preformatted, table
 from .results import TIME, leaves, load_run, write_files
 from .text import format_ns, format_percent, significant
@@ -350,6 +351,33 @@ def files_html(run, report_files):
     return f'<section id="files"><h2>Files of this run</h2><ul>{"".join(items)}</ul></section>'
 
 
+def flamegraphs_html(run):
+    """Links to each benchmark's flame graph and folded stacks when the run was recorded with
+    --flamegraph (flamegraphs/index.json); empty otherwise."""
+    index = flamegraph.load_index(run.directory)
+    if index is None:
+        return ""
+    recording = index.get("recording", {})
+    folder = flamegraph.DIRECTORY
+    rows = "".join(
+        f"<tr><td>{escape(entry['name'])}</td>"
+        f'<td><a href="{folder}/{escape(entry["html"])}">flame graph</a></td>'
+        f'<td><a href="{folder}/{escape(entry["folded"])}">folded stacks</a></td>'
+        f"<td>{entry['samples']}</td></tr>" for entry in index.get("benchmarks", []))
+    kernel = ("kernel frames included" if recording.get("kptr_restrict") == 0 else
+              f"kernel frames may be unnamed (kptr_restrict {recording.get('kptr_restrict')})")
+    return ('<section id="flamegraphs"><h2>Flame graphs</h2>'
+            f"<p>The run was profiled with perf ({escape(str(recording.get('event')))} at "
+            f"{escape(str(recording.get('frequency')))} Hz, call graphs by "
+            f"{escape(str(recording.get('call_graph')))}; {escape(kernel)}); each benchmark's "
+            "samples, from its setup to its last row, are one flame graph (a self-contained "
+            "page) and one file of folded stacks (for FlameGraph, speedscope or inferno). "
+            f'The whole profile is <a href="{folder}/{flamegraph.PERF_DATA}">'
+            f"{folder}/{flamegraph.PERF_DATA}</a> (perf report -i).</p>"
+            '<div class="scroll"><table><tr><th>benchmark</th><th>page</th><th>stacks</th>'
+            f"<th>samples</th></tr>{rows}</table></div></section>")
+
+
 def toc_html(run, suites, has_summary):
     entries = [("warnings", f"Warnings ({len(run.warnings())})"),
                ("environment", "Environment")]
@@ -358,6 +386,8 @@ def toc_html(run, suites, has_summary):
     for suite in suites:
         count = sum(bench.suite == suite for bench in run.benchmarks)
         entries.append((f"suite-{suite}", f"{suite} ({count} rows)"))
+    if flamegraph.load_index(run.directory) is not None:
+        entries.append(("flamegraphs", "Flame graphs"))
     entries.append(("files", "Files of this run"))
     items = "".join(f'<li><a href="#{escape(anchor)}">{escape(text)}</a></li>'
                     for anchor, text in entries)
@@ -373,6 +403,7 @@ def index_html(run, reports):
     body = [header_html(run), warnings_html(run), toc_html(run, suites, bool(summary)),
             environment_html(run), summary]
     body += [suite_html(run, suite, placed, reports) for suite in suites]
+    body.append(flamegraphs_html(run))
     body.append(files_html(run, {kind: files for kind, (_, files) in reports.items()}))
     title = f"faultlab run {run.directory.resolve().name}: {run.machine()}"
     return frame(title, "\n".join(part for part in body if part))
