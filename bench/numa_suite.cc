@@ -775,6 +775,24 @@ struct ChildResult {
   double counter_sum[32];
 };
 
+// How long the child may take for its whole row (map, fill, every move and check): a few
+// seconds in an emulated guest, under one here. A migration the kernel never finishes (the
+// guest's 6.1 kernel soft-locked in one under emulation) fails the row instead of hanging the run.
+constexpr int kMoveChildTimeoutS = 60;
+// After SIGKILL: a child stuck inside the kernel dies only when it leaves it.
+constexpr int kMoveChildReapTimeoutS = 10;
+
+// Reaps `pid` into *status, waiting at most `seconds`; false if it is still running.
+bool ReapWithin(pid_t pid, int seconds, int* status) {
+  const double deadline = MonotonicNs() + seconds * 1e9;
+  for (;;) {
+    const pid_t reaped = waitpid(pid, status, WNOHANG);
+    if (reaped == pid || (reaped < 0 && errno != EINTR)) return true;
+    if (MonotonicNs() > deadline) return false;
+    usleep(10'000);
+  }
+}
+
 Measurement MeasureMoveInChild(MoveCase c, const BackingKind& kind, std::size_t bytes,
                                std::size_t batch, int from, int to, int rounds) {
   Measurement m;
@@ -820,8 +838,14 @@ Measurement MeasureMoveInChild(MoveCase c, const BackingKind& kind, std::size_t 
     _exit(0);
   }
   int status = 0;
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !out->done) {
+  if (!ReapWithin(pid, kMoveChildTimeoutS, &status)) {
+    kill(pid, SIGKILL);
+    const bool reaped = ReapWithin(pid, kMoveChildReapTimeoutS, &status);
+    m.error = absl::StrCat("the measuring child did not finish its ", MoveCaseName(c), " row within ",
+                           kMoveChildTimeoutS, " s: killed",
+                           reaped ? "" : absl::StrCat(", and still not gone ",
+                                                      kMoveChildReapTimeoutS, " s later"));
+  } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !out->done) {
     m.error = WIFSIGNALED(status)
                   ? absl::StrCat("the measuring child was killed by signal ", WTERMSIG(status))
                   : absl::StrCat("the measuring child exited with status ", status);
