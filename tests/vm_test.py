@@ -24,9 +24,9 @@ GUEST_TIMEOUT = "300"
 # The numa suite's 4 KiB rows: every placement (matrix cells, policies) and moves by move_pages
 # and mbind, for each pair of nodes. The latency and bandwidth chases over 128 MiB and the huge
 # backings add minutes under emulation and no code path the guest has not shown in these.
-# Opt-in (FAULTLAB_VM_NUMA=1), not in CI: in two of five runs here the guest's 6.1 kernel
-# soft-locked inside a migration under TCG ("CPU#1 stuck for 400s", once in migrate_pages, once
-# in move_pages), which would hang CI until that is understood; README says so.
+# Opt-in (FAULTLAB_VM_NUMA=1), not in CI yet: in two of five runs one session the guest's 6.1
+# kernel soft-locked inside a migration under TCG ("CPU#1 stuck for 400s", once in migrate_pages,
+# once in move_pages); 15 runs the next session passed. README says so.
 NUMA_FILTER = "numa/(first_touch|policy/[a-z_]+|move_pages|mbind_move)/anon4k/"
 NUMA_OPT_IN = "FAULTLAB_VM_NUMA"
 NUMA_TIMEOUT = "1200"
