@@ -368,6 +368,15 @@ class ScratchJournal {
   fs::path path_;
 };
 
+// A sanitizer's shadow mappings are terabytes of VMAs: the NUMA scanner, a slice of the address
+// space per period, may spend a short window there and never reach the region. Such a build
+// may skip a hinting row for that reason; others must run it.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitizerShadow = true;
+#else
+constexpr bool kSanitizerShadow = false;
+#endif
+
 // With the flag the hinting rows run with numa_balancing on, and the machine's value is back
 // after the run; the environment records the machine's value, the options the opt-in.
 TEST(CliNuma, HintingRowsRunWithTheFlagAndPutNumaBalancingBack) {
@@ -385,6 +394,10 @@ TEST(CliNuma, HintingRowsRunWithTheFlagAndPutNumaBalancingBack) {
                                          : " set_by=faultlab machine_value=" +
                                                std::to_string(before);
   for (const json& row : rows) {
+    if (kSanitizerShadow && Skipped(row) &&
+        ErrorMessage(row).find("the NUMA scanner did not reach the region") != std::string::npos) {
+      continue;
+    }
     ASSERT_FALSE(Skipped(row)) << row["name"] << ": " << ErrorMessage(row);
     ExpectRanVerified(row, faultlab::NodesWithMemory().size());
     EXPECT_NE(row.value("label", "").find(set_by), std::string::npos) << row["label"];
