@@ -128,6 +128,23 @@ def plain_ticks(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
+def finish_rows(axes, categories, *, title, value_label, log, legend, notes):
+    """What every chart of rows (one category a row, the first on top) ends with: the row
+    labels, the value axis (log: plain ticks), the title, the legend beside, the notes below."""
+    axes.set_yticks(range(len(categories)))
+    axes.set_yticklabels(categories)
+    axes.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
+    axes.grid(axis="y", visible=False)
+    if log:
+        axes.set_xscale("log")
+        plain_ticks(axes.xaxis)
+    axes.set_title(title)
+    axes.set_xlabel(value_label)
+    if legend:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    add_notes(axes, notes)
+
+
 def line_chart(series, *, title, x_label, y_label, log_x=False, symlog_x=False, log_y=False,
                x_ticks=None, y_min=None, marks=(), notes=(), size=(10, 5.5)):
     """A figure with one line per series (spread drawn as error bars), a legend right of the
@@ -195,18 +212,8 @@ def bar_chart(categories, bars, *, title, value_label, log=False, notes=(), size
             axes.barh(positions, values, height=height * 0.9, xerr=spread, label=series.label,
                       color=series.color, hatch="//" if series.hatched else None,
                       error_kw={"elinewidth": 0.8, "capsize": 2})
-        axes.set_yticks(range(len(categories)))
-        axes.set_yticklabels(categories)
-        axes.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
-        axes.grid(axis="y", visible=False)
-        if log:
-            axes.set_xscale("log")
-            plain_ticks(axes.xaxis)
-        axes.set_title(title)
-        axes.set_xlabel(value_label)
-        if bars:
-            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        add_notes(axes, notes)
+        finish_rows(axes, categories, title=title, value_label=value_label, log=log,
+                    legend=bool(bars), notes=notes)
         return figure
 
 
@@ -235,18 +242,8 @@ def range_chart(categories, points, *, title, value_label, log=False, notes=(), 
                           label=series.label, color=series.color, linestyle="none",
                           marker=series.marker or RANGE_MARKERS[index % len(RANGE_MARKERS)],
                           markersize=6, capsize=2, elinewidth=0.8, zorder=2)
-        axes.set_yticks(range(len(categories)))
-        axes.set_yticklabels(categories)
-        axes.set_ylim(len(categories) - 0.5, -0.5)  # first category on top
-        axes.grid(axis="y", visible=False)
-        if log:
-            axes.set_xscale("log")
-            plain_ticks(axes.xaxis)
-        axes.set_title(title)
-        axes.set_xlabel(value_label)
-        if points:
-            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        add_notes(axes, notes)
+        finish_rows(axes, categories, title=title, value_label=value_label, log=log,
+                    legend=bool(points), notes=notes)
         return figure
 
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from . import charts
-from .results import TIME, BadInput, Measure, benchmarks_csv, load_run, write_files
+from .results import TIME, BadInput, Measure, benchmarks_csv, write_kind_report
 from .text import (format_ns, format_percent, significant, skipped_lines, times, with_spread,
                    wrap)
 
@@ -807,7 +807,4 @@ def report_files(run):
 def write_report(directory):
     """Writes the fork report into directory; returns the summary and the files written. Raises
     BadInput."""
-    run = load_run(directory)
-    summary, files = report_files(run)
-    write_files(run.directory, files)
-    return summary, sorted(files)
+    return write_kind_report(report_files, directory)

@@ -30,7 +30,7 @@ import io
 from dataclasses import dataclass
 
 from . import charts
-from .results import TIME, BadInput, load_run, write_files
+from .results import TIME, BadInput, write_kind_report
 from .text import format_ns, format_percent, significant, wrap
 
 BACKINGS = ("anon4k", "thp", "hugetlb2m")
@@ -658,7 +658,4 @@ def report_files(run):
 def write_report(directory):
     """Writes the numa report into directory; returns the summary and the files written. Raises
     BadInput."""
-    run = load_run(directory)
-    summary, files = report_files(run)
-    write_files(run.directory, files)
-    return summary, sorted(files)
+    return write_kind_report(report_files, directory)

@@ -319,6 +319,16 @@ def current_umask():
     return mask
 
 
+def write_kind_report(report_files, directory):
+    """Loads the run in directory and writes one kind's report into it, all files or none:
+    report_files(run) gives (summary, {name: bytes}). Returns the summary and the names written.
+    Raises BadInput."""
+    run = load_run(directory)
+    summary, files = report_files(run)
+    write_files(run.directory, files)
+    return summary, sorted(files)
+
+
 def write_files(directory, files):
     """Writes {name: bytes} into directory: every file goes to a temporary file there first, and
     only when all are complete are they renamed into place, each rename atomic. A failure leaves

@@ -18,7 +18,7 @@ against the minimal handler.
 from dataclasses import dataclass
 
 from . import charts
-from .results import BadInput, benchmarks_csv, load_run, write_files
+from .results import BadInput, benchmarks_csv, write_kind_report
 from .text import format_ns, format_percent, significant, skipped_lines, times, with_spread, wrap
 
 # The kernel's cases in the order the chart and the summary show them, with the memory types
@@ -516,7 +516,4 @@ def report_files(run):
 def write_report(directory):
     """Writes the uffd report into directory; returns the summary and the files written. Raises
     BadInput."""
-    run = load_run(directory)
-    summary, files = report_files(run)
-    write_files(run.directory, files)
-    return summary, sorted(files)
+    return write_kind_report(report_files, directory)
