@@ -1213,7 +1213,8 @@ class WireReader {
       ok_ = false;
       return;
     }
-    std::memcpy(p, in_.data() + at_, n);
+    // An empty vector's data() may be null, which memcpy must not get even for 0 bytes.
+    if (n > 0) std::memcpy(p, in_.data() + at_, n);
     at_ += n;
   }
   std::size_t Size() {
