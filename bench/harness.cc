@@ -1,10 +1,18 @@
 #include "bench/harness.h"
 
 #include <emmintrin.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "bench/suite.h"
@@ -151,6 +159,95 @@ LatencySummary ReportSamples(benchmark::State& state, std::vector<double>& sampl
   }
   state.SetIterationTime(*seconds);
   return summary;
+}
+
+namespace {
+
+// After SIGKILL: a child stuck inside the kernel dies only when it leaves it.
+constexpr int kChildReapTimeoutS = 10;
+
+// Reaps `pid` into *status, waiting at most `seconds`; false if it is still running.
+bool ReapWithin(pid_t pid, int seconds, int* status) {
+  const double deadline = MonotonicNs() + seconds * 1e9;
+  for (;;) {
+    const pid_t reaped = waitpid(pid, status, WNOHANG);
+    if (reaped == pid || (reaped < 0 && errno != EINTR)) return true;
+    if (MonotonicNs() > deadline) return false;
+    usleep(10'000);
+  }
+}
+
+// Everything the child writes to `fd` until it closes it, or until `deadline_ns`; false if the
+// deadline came first.
+bool ReadUntilClosed(int fd, double deadline_ns, std::string* out) {
+  char buffer[1 << 16];
+  for (;;) {
+    const double left_ms = (deadline_ns - MonotonicNs()) * 1e-6;
+    if (left_ms <= 0) return false;
+    pollfd ready{fd, POLLIN, 0};
+    // poll's int milliseconds: wake at least once a minute, and re-check the deadline.
+    const int polled = poll(&ready, 1, static_cast<int>(std::min(left_ms + 1, 60'000.0)));
+    if (polled < 0 && errno != EINTR) return true;
+    if (polled <= 0) continue;
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return true;
+    out->append(buffer, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
+ChildOutcome RunInChild(const std::function<std::string()>& work, int timeout_s,
+                        const std::string& task) {
+  ChildOutcome outcome;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    outcome.error = std::string("pipe2: ") + std::strerror(errno);
+    return outcome;
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    outcome.error = std::string("fork: ") + std::strerror(errno);
+    close(fds[0]);
+    close(fds[1]);
+    return outcome;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    const std::string bytes = work();
+    for (std::size_t at = 0; at < bytes.size();) {
+      const ssize_t n = write(fds[1], bytes.data() + at, bytes.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) _exit(1);
+      at += static_cast<std::size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  const bool in_time = ReadUntilClosed(fds[0], MonotonicNs() + timeout_s * 1e9, &outcome.output);
+  close(fds[0]);
+  int status = 0;
+  // The pipe closes before the child is gone: it still gets the reap's grace to exit.
+  if (!in_time || !ReapWithin(pid, kChildReapTimeoutS, &status)) {
+    kill(pid, SIGKILL);
+    const bool reaped = ReapWithin(pid, kChildReapTimeoutS, &status);
+    outcome.error = "the measuring child did not finish " + task + " within " +
+                    std::to_string(timeout_s) + " s: killed" +
+                    (reaped ? "" : ", and still not gone " + std::to_string(kChildReapTimeoutS) +
+                                       " s later");
+  } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    outcome.error = WIFSIGNALED(status)
+                        ? "the measuring child was killed by signal " +
+                              std::to_string(WTERMSIG(status))
+                        : "the measuring child exited with status " +
+                              std::to_string(WEXITSTATUS(status));
+  }
+  if (!outcome.error.empty()) outcome.output.clear();
+  return outcome;
 }
 
 }  // namespace faultlab

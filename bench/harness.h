@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -131,5 +132,21 @@ bool SkippedOrFailed(benchmark::State& state, const std::string& skip, const std
 LatencySummary ReportSamples(benchmark::State& state, std::vector<double>& samples_ns,
                              const std::string& label,
                              std::optional<double> seconds = std::nullopt);
+
+// What a forked child sent back: `output`, or why there is none (`error`: it was killed by a
+// signal, exited non-zero, or ran past its time).
+struct ChildOutcome {
+  std::string output;
+  std::string error;
+};
+
+// Runs `work` in a forked child and returns the bytes it returned, sent back through a pipe. The
+// child dies with faultlab (PR_SET_PDEATHSIG), so a run killed mid-row leaves no worker behind.
+// A child that has not finished within `timeout_s` is killed (SIGKILL) and reaped, so a kernel
+// call that never returns (a migration the guest's kernel soft-locked in under emulation) fails
+// a row instead of hanging the run: "the measuring child did not finish <task> within N s:
+// killed". The child leaves with _exit: no atexit handler or parent's buffer runs twice.
+ChildOutcome RunInChild(const std::function<std::string()>& work, int timeout_s,
+                        const std::string& task);
 
 }  // namespace faultlab

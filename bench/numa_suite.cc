@@ -757,112 +757,131 @@ Measurement MeasureMove(MoveCase c, const BackingKind& kind, std::size_t bytes, 
   return m;
 }
 
-// migrate_pages moves every page of a process on `from`: measured in a forked child, so it
-// moves the child's region and the few pages the child wrote, and faultlab's own process (the
-// benchmark library, its results) is never migrated under it. The child sends its Measurement
-// back through shared memory, in fixed slots.
-struct ChildResult {
-  int done;
-  char error[512];
-  double seconds, events;
-  std::size_t samples;
-  double sample[512];
-  std::size_t figures;
-  char figure_name[32][48];
-  double figure_value[32];
-  std::size_t counters;
-  char counter_name[32][48];
-  double counter_sum[32];
+// --- Measuring in a forked child -------------------------------------------------------------
+
+// A Measurement sent through a pipe: every field in order, strings and vectors after their
+// length. Nothing is sent until the measurement is over.
+void PutRaw(std::string* out, const void* p, std::size_t n) {
+  out->append(static_cast<const char*>(p), n);
+}
+void PutSize(std::string* out, std::size_t n) { PutRaw(out, &n, sizeof(n)); }
+void PutDouble(std::string* out, double v) { PutRaw(out, &v, sizeof(v)); }
+void PutString(std::string* out, const std::string& s) {
+  PutSize(out, s.size());
+  out->append(s);
+}
+
+std::string Serialize(const Measurement& m) {
+  std::string out;
+  PutString(&out, m.skip);
+  PutString(&out, m.error);
+  PutString(&out, m.label);
+  PutDouble(&out, m.seconds);
+  PutDouble(&out, m.events);
+  PutSize(&out, m.samples_ns.size());
+  PutRaw(&out, m.samples_ns.data(), m.samples_ns.size() * sizeof(double));
+  PutSize(&out, m.figures.size());
+  for (const auto& [name, value] : m.figures) {
+    PutString(&out, name);
+    PutDouble(&out, value);
+  }
+  PutSize(&out, std::min(m.totals.names.size(), m.totals.sums.size()));
+  for (std::size_t i = 0; i < m.totals.names.size() && i < m.totals.sums.size(); ++i) {
+    PutString(&out, m.totals.names[i]);
+    PutDouble(&out, m.totals.sums[i]);
+  }
+  return out;
+}
+
+class WireReader {
+ public:
+  explicit WireReader(const std::string& in) : in_(in) {}
+  bool ok() const { return ok_; }
+  void Raw(void* p, std::size_t n) {
+    if (!ok_ || in_.size() - at_ < n) {
+      ok_ = false;
+      return;
+    }
+    // An empty vector's data() may be null, which memcpy must not get even for 0 bytes.
+    if (n > 0) std::memcpy(p, in_.data() + at_, n);
+    at_ += n;
+  }
+  std::size_t Size() {
+    std::size_t n = 0;
+    Raw(&n, sizeof(n));
+    // No count can exceed the bytes left: a damaged length stops here, not in a huge resize.
+    if (n > in_.size()) ok_ = false;
+    return ok_ ? n : 0;
+  }
+  double Double() {
+    double v = 0;
+    Raw(&v, sizeof(v));
+    return v;
+  }
+  std::string String() {
+    std::string s(Size(), '\0');
+    Raw(s.data(), s.size());
+    return s;
+  }
+  bool AtEnd() const { return at_ == in_.size(); }
+
+ private:
+  const std::string& in_;
+  std::size_t at_ = 0;
+  bool ok_ = true;
 };
 
-// How long the child may take for its whole row (map, fill, every move and check): a few
-// seconds in an emulated guest, under one here. A migration the kernel never finishes (the
-// guest's 6.1 kernel soft-locked in one under emulation) fails the row instead of hanging the run.
-constexpr int kMoveChildTimeoutS = 60;
-// After SIGKILL: a child stuck inside the kernel dies only when it leaves it.
-constexpr int kMoveChildReapTimeoutS = 10;
-
-// Reaps `pid` into *status, waiting at most `seconds`; false if it is still running.
-bool ReapWithin(pid_t pid, int seconds, int* status) {
-  const double deadline = MonotonicNs() + seconds * 1e9;
-  for (;;) {
-    const pid_t reaped = waitpid(pid, status, WNOHANG);
-    if (reaped == pid || (reaped < 0 && errno != EINTR)) return true;
-    if (MonotonicNs() > deadline) return false;
-    usleep(10'000);
+bool Deserialize(const std::string& bytes, Measurement* m) {
+  WireReader in(bytes);
+  m->skip = in.String();
+  m->error = in.String();
+  m->label = in.String();
+  m->seconds = in.Double();
+  m->events = in.Double();
+  m->samples_ns.resize(in.Size());
+  in.Raw(m->samples_ns.data(), m->samples_ns.size() * sizeof(double));
+  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
+    std::string name = in.String();
+    m->figures[name] = in.Double();
   }
+  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
+    m->totals.names.push_back(in.String());
+    m->totals.sums.push_back(in.Double());
+  }
+  return in.ok() && in.AtEnd();
 }
 
-Measurement MeasureMoveInChild(MoveCase c, const BackingKind& kind, std::size_t bytes,
-                               std::size_t batch, int from, int to, int rounds) {
+// Runs `measure` in a forked child (RunInChild) and returns what it measured; `row` names the
+// row in the message of a child killed at `timeout_s`.
+Measurement MeasureInChild(const std::function<Measurement()>& measure, int timeout_s,
+                           const std::string& row) {
+  const ChildOutcome child = RunInChild(
+      [&] {
+        Measurement r;
+        try {
+          r = measure();
+        } catch (const std::exception& e) {
+          r.error = std::string("the measuring child: ") + e.what();
+        }
+        return Serialize(r);
+      },
+      timeout_s, absl::StrCat("its ", row, " row"));
   Measurement m;
-  void* shared = mmap(nullptr, sizeof(ChildResult), PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (shared == MAP_FAILED) {
-    m.error = ErrnoText("mmap of the child's results");
-    return m;
+  if (!child.error.empty()) {
+    m.error = child.error;
+  } else if (!Deserialize(child.output, &m)) {
+    m = Measurement();
+    m.error = "the measuring child's result is incomplete";
   }
-  auto* out = new (shared) ChildResult();
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    m.error = ErrnoText("fork");
-    munmap(shared, sizeof(ChildResult));
-    return m;
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-    Measurement r;
-    try {
-      r = MeasureMove(c, kind, bytes, batch, from, to, rounds);
-    } catch (const std::exception& e) {
-      r.error = std::string("the measuring child: ") + e.what();
-    }
-    std::snprintf(out->error, sizeof(out->error), "%s", r.error.c_str());
-    out->seconds = r.seconds;
-    out->events = r.events;
-    out->samples = std::min<std::size_t>(r.samples_ns.size(), 512);
-    std::copy_n(r.samples_ns.begin(), out->samples, out->sample);
-    for (const auto& [name, value] : r.figures) {
-      if (out->figures == 32) break;
-      std::snprintf(out->figure_name[out->figures], 48, "%s", name.c_str());
-      out->figure_value[out->figures++] = value;
-    }
-    for (std::size_t i = 0; i < r.totals.names.size() && i < r.totals.sums.size() && i < 32; ++i) {
-      std::snprintf(out->counter_name[i], 48, "%s", r.totals.names[i].c_str());
-      out->counter_sum[i] = r.totals.sums[i];
-      out->counters = i + 1;
-    }
-    out->done = 1;
-    _exit(0);
-  }
-  int status = 0;
-  if (!ReapWithin(pid, kMoveChildTimeoutS, &status)) {
-    kill(pid, SIGKILL);
-    const bool reaped = ReapWithin(pid, kMoveChildReapTimeoutS, &status);
-    m.error = absl::StrCat("the measuring child did not finish its ", MoveCaseName(c), " row within ",
-                           kMoveChildTimeoutS, " s: killed",
-                           reaped ? "" : absl::StrCat(", and still not gone ",
-                                                      kMoveChildReapTimeoutS, " s later"));
-  } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !out->done) {
-    m.error = WIFSIGNALED(status)
-                  ? absl::StrCat("the measuring child was killed by signal ", WTERMSIG(status))
-                  : absl::StrCat("the measuring child exited with status ", status);
-  } else {
-    m.error = out->error;
-    m.seconds = out->seconds;
-    m.events = out->events;
-    m.samples_ns.assign(out->sample, out->sample + out->samples);
-    for (std::size_t i = 0; i < out->figures; ++i) m.figures[out->figure_name[i]] = out->figure_value[i];
-    for (std::size_t i = 0; i < out->counters; ++i) {
-      m.totals.names.push_back(out->counter_name[i]);
-      m.totals.sums.push_back(out->counter_sum[i]);
-    }
-  }
-  munmap(shared, sizeof(ChildResult));
   return m;
 }
+
+// migrate_pages moves every page of a process on `from`: measured in a forked child, so it
+// moves the child's region and the few pages the child wrote, and faultlab's own process (the
+// benchmark library, its results) is never migrated under it. The child may take this long for
+// its whole row (map, fill, every move and check): a few seconds in an emulated guest, under one
+// here.
+constexpr int kMoveChildTimeoutS = 60;
 
 // --- Registration --------------------------------------------------------------------------
 
@@ -1152,7 +1171,9 @@ void RegisterMigration(const RunOptions& options, const Sizes& sizes,
                      if (m.skip.empty()) {
                        const std::size_t b = static_cast<std::size_t>(std::max(1l, batch));
                        m = c == MoveCase::kMigratePages
-                               ? MeasureMoveInChild(c, k, bytes, b, f, t, rounds)
+                               ? MeasureInChild(
+                                     [&] { return MeasureMove(c, k, bytes, b, f, t, rounds); },
+                                     kMoveChildTimeoutS, MoveCaseName(c))
                                : MeasureMove(c, k, bytes, b, f, t, rounds);
                      }
                      std::string label = absl::StrCat("from=", f, " to=", t, " backing=", k.name,
@@ -1166,160 +1187,6 @@ void RegisterMigration(const RunOptions& options, const Sizes& sizes,
       }
     }
   }
-}
-
-// --- Measuring in a forked child -------------------------------------------------------------
-
-// A Measurement sent through a pipe: every field in order, strings and vectors after their
-// length. Nothing is sent until the measurement is over.
-void PutRaw(std::string* out, const void* p, std::size_t n) {
-  out->append(static_cast<const char*>(p), n);
-}
-void PutSize(std::string* out, std::size_t n) { PutRaw(out, &n, sizeof(n)); }
-void PutDouble(std::string* out, double v) { PutRaw(out, &v, sizeof(v)); }
-void PutString(std::string* out, const std::string& s) {
-  PutSize(out, s.size());
-  out->append(s);
-}
-
-std::string Serialize(const Measurement& m) {
-  std::string out;
-  PutString(&out, m.skip);
-  PutString(&out, m.error);
-  PutString(&out, m.label);
-  PutDouble(&out, m.seconds);
-  PutDouble(&out, m.events);
-  PutSize(&out, m.samples_ns.size());
-  PutRaw(&out, m.samples_ns.data(), m.samples_ns.size() * sizeof(double));
-  PutSize(&out, m.figures.size());
-  for (const auto& [name, value] : m.figures) {
-    PutString(&out, name);
-    PutDouble(&out, value);
-  }
-  PutSize(&out, std::min(m.totals.names.size(), m.totals.sums.size()));
-  for (std::size_t i = 0; i < m.totals.names.size() && i < m.totals.sums.size(); ++i) {
-    PutString(&out, m.totals.names[i]);
-    PutDouble(&out, m.totals.sums[i]);
-  }
-  return out;
-}
-
-class WireReader {
- public:
-  explicit WireReader(const std::string& in) : in_(in) {}
-  bool ok() const { return ok_; }
-  void Raw(void* p, std::size_t n) {
-    if (!ok_ || in_.size() - at_ < n) {
-      ok_ = false;
-      return;
-    }
-    // An empty vector's data() may be null, which memcpy must not get even for 0 bytes.
-    if (n > 0) std::memcpy(p, in_.data() + at_, n);
-    at_ += n;
-  }
-  std::size_t Size() {
-    std::size_t n = 0;
-    Raw(&n, sizeof(n));
-    // No count can exceed the bytes left: a damaged length stops here, not in a huge resize.
-    if (n > in_.size()) ok_ = false;
-    return ok_ ? n : 0;
-  }
-  double Double() {
-    double v = 0;
-    Raw(&v, sizeof(v));
-    return v;
-  }
-  std::string String() {
-    std::string s(Size(), '\0');
-    Raw(s.data(), s.size());
-    return s;
-  }
-  bool AtEnd() const { return at_ == in_.size(); }
-
- private:
-  const std::string& in_;
-  std::size_t at_ = 0;
-  bool ok_ = true;
-};
-
-bool Deserialize(const std::string& bytes, Measurement* m) {
-  WireReader in(bytes);
-  m->skip = in.String();
-  m->error = in.String();
-  m->label = in.String();
-  m->seconds = in.Double();
-  m->events = in.Double();
-  m->samples_ns.resize(in.Size());
-  in.Raw(m->samples_ns.data(), m->samples_ns.size() * sizeof(double));
-  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
-    std::string name = in.String();
-    m->figures[name] = in.Double();
-  }
-  for (std::size_t i = 0, n = in.Size(); i < n && in.ok(); ++i) {
-    m->totals.names.push_back(in.String());
-    m->totals.sums.push_back(in.Double());
-  }
-  return in.ok() && in.AtEnd();
-}
-
-// Runs `measure` in a forked child and returns what it measured. The child dies with faultlab
-// (PR_SET_PDEATHSIG), so a run killed mid-row leaves no worker behind.
-Measurement MeasureInChild(const std::function<Measurement()>& measure) {
-  Measurement m;
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) {
-    m.error = ErrnoText("pipe2");
-    return m;
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    m.error = ErrnoText("fork");
-    close(fds[0]);
-    close(fds[1]);
-    return m;
-  }
-  if (pid == 0) {
-    close(fds[0]);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-    Measurement r;
-    try {
-      r = measure();
-    } catch (const std::exception& e) {
-      r.error = std::string("the measuring child: ") + e.what();
-    }
-    const std::string bytes = Serialize(r);
-    for (std::size_t at = 0; at < bytes.size();) {
-      const ssize_t n = write(fds[1], bytes.data() + at, bytes.size() - at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) _exit(1);
-      at += static_cast<std::size_t>(n);
-    }
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string bytes;
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t n = read(fds[0], buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    bytes.append(buffer, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    m.error = WIFSIGNALED(status)
-                  ? absl::StrCat("the measuring child was killed by signal ", WTERMSIG(status))
-                  : absl::StrCat("the measuring child exited with status ", status);
-  } else if (!Deserialize(bytes, &m)) {
-    m = Measurement();
-    m.error = "the measuring child's result is incomplete";
-  }
-  return m;
 }
 
 // --- NUMA hinting faults -------------------------------------------------------------------
@@ -1427,6 +1294,10 @@ struct HintingPlan {
   std::size_t bytes = 0;
   int seconds = 0;
 };
+
+// How long a hinting row's child may take: its window stretches to 4x its seconds while no
+// hinting fault came, plus the fill and the checks (a minute, for an emulated guest's 256 MiB).
+int HintingChildTimeoutS(const HintingPlan& plan) { return 4 * plan.seconds + 60; }
 
 // Every word as Fill wrote it; empty if so.
 std::string CheckPattern(const NumaRegion& region, const char* after) {
@@ -1775,7 +1646,10 @@ void RegisterHinting(const RunOptions& options, const std::map<int, int>& cpu_no
                    NumaBalancingOn on;
                    balancing = on.LabelText();
                    m.error = on.error();
-                   if (m.error.empty()) m = MeasureInChild([&] { return MeasureHinting(plan); });
+                   if (m.error.empty()) {
+                     m = MeasureInChild([&] { return MeasureHinting(plan); },
+                                        HintingChildTimeoutS(plan), "hinting");
+                   }
                  }
                  std::string label = absl::StrCat("cpu=", cpu, " cpu_node=", cpu_node,
                                                   " node=", mem_node, " backing=anon4k ",

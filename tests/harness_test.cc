@@ -1,13 +1,16 @@
 // The harness pieces every suite leans on: the barrier (threads and forked processes), the
-// exactly-once arrival, nearest-rank percentiles and counter totals.
+// exactly-once arrival, nearest-rank percentiles, counter totals, and work in a forked child.
 
 #include "bench/harness.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <string>
 #include <new>
 #include <thread>
 #include <vector>
@@ -110,6 +113,51 @@ TEST(CounterTotals, AddsDeltasAndMerges) {
   b.Merge(a);
   EXPECT_EQ(b.names, a.names);
   EXPECT_DOUBLE_EQ(b.sums[0], 300);
+}
+
+TEST(RunInChild, ReturnsWhatTheChildSentWholePastThePipesBuffer) {
+  std::string expected(1 << 20, '\0');
+  for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = static_cast<char>(i * 7);
+  const ChildOutcome child = RunInChild([&] { return expected; }, 60, "the test's copy");
+  EXPECT_EQ(child.error, "");
+  EXPECT_TRUE(child.output == expected) << child.output.size() << " bytes back";
+}
+
+TEST(RunInChild, AChildThatFailsGivesWhyAndNoOutput) {
+  const ChildOutcome exited = RunInChild([]() -> std::string { _exit(3); }, 60, "exit");
+  EXPECT_EQ(exited.error, "the measuring child exited with status 3");
+  EXPECT_EQ(exited.output, "");
+  const ChildOutcome killed = RunInChild(
+      []() -> std::string {
+        kill(getpid(), SIGKILL);
+        return "never sent";
+      },
+      60, "kill");
+  EXPECT_EQ(killed.error, "the measuring child was killed by signal 9");
+  EXPECT_EQ(killed.output, "");
+}
+
+// A child past its time is killed and reaped: the row fails, the run goes on, no process stays.
+TEST(RunInChild, AChildPastItsTimeIsKilledAndReaped) {
+  auto* child_pid = static_cast<std::atomic<pid_t>*>(
+      mmap(nullptr, sizeof(std::atomic<pid_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+           -1, 0));
+  ASSERT_NE(child_pid, MAP_FAILED);
+  new (child_pid) std::atomic<pid_t>(0);
+  const ChildOutcome child = RunInChild(
+      [&]() -> std::string {
+        child_pid->store(getpid());
+        // Sends nothing and never ends on its own, as a call stuck in the kernel would.
+        for (;;) pause();
+      },
+      1, "the test's sleep");
+  EXPECT_EQ(child.error, "the measuring child did not finish the test's sleep within 1 s: killed");
+  EXPECT_EQ(child.output, "");
+  const pid_t pid = child_pid->load();
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(kill(pid, 0), -1);  // reaped: not even a zombie
+  EXPECT_EQ(errno, ESRCH);
+  munmap(child_pid, sizeof(std::atomic<pid_t>));
 }
 
 }  // namespace
