@@ -177,68 +177,44 @@ void Report(benchmark::State& state, const BackingKind& kind, const std::string&
 // the host's mm and dies with it, and faultlab's own process is left as it was. Before measuring,
 // the host checks that the prctl did what COW-PTE does: a child forked after it must go without
 // the tables of a probe region that a child forked before it got. Then the host runs `measure`
-// and hands the measurement back through a pipe as JSON.
+// and hands the measurement back as JSON (RunInChild).
+// A host runs one row: at most this long (a 4 GiB row's forks and checks take well under it).
+constexpr int kCowPteHostTimeoutS = 600;
+
 Measurement InCowPteHost(int prctl_number, const std::function<Measurement()>& measure) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return {Errno("pipe"), {}, {}, {}};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    Measurement m;
-    long withheld_before = 0, withheld_after = 0;
-    m.error = TablesWithheldFromChildKb(&withheld_before);
-    if (m.error.empty() && prctl(prctl_number, 0, 0, 0, 0) != 0) {
-      m.error = Errno(("prctl(" + std::to_string(prctl_number) + ", 0, 0, 0, 0)").c_str()) +
-                ": this kernel has no COW-PTE prctl of that number";
-    }
-    if (m.error.empty()) m.error = TablesWithheldFromChildKb(&withheld_after);
-    const long probe_tables_kb = static_cast<long>(kCowPteProbeBytes / kPage2M * 4);
-    if (m.error.empty() && withheld_after - withheld_before < probe_tables_kb / 2) {
-      m.error = "prctl(" + std::to_string(prctl_number) +
-                ") succeeded but fork still copies page tables: a child's VmPTE was " +
-                std::to_string(withheld_after) + " kB below its parent's after it and " +
-                std::to_string(withheld_before) + " kB before it, where sharing the tables of a " +
-                std::to_string(kCowPteProbeBytes >> 20) + " MiB region would take " +
-                std::to_string(probe_tables_kb) + " kB off" +
-                (prctl_number == kPrSetMdwe
-                     ? " (65 is PR_SET_MDWE in mainline kernels: with 0 it sets nothing)"
-                     : "");
-    }
-    if (m.error.empty()) m = measure();
-    const std::string out = nlohmann::json{{"error", m.error},
-                                           {"samples_ns", m.samples_ns},
-                                           {"figures", m.figures},
-                                           {"names", m.totals.names},
-                                           {"sums", m.totals.sums}}
-                                .dump();
-    for (std::size_t done = 0; done < out.size();) {
-      const ssize_t n = write(fds[1], out.data() + done, out.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) _exit(1);
-      done += static_cast<std::size_t>(n);
-    }
-    _exit(0);
-  }
-  close(fds[1]);
-  if (pid < 0) {
-    close(fds[0]);
-    return {Errno("fork of the COW-PTE host"), {}, {}, {}};
-  }
-  std::string in;
-  char buffer[65536];
-  for (;;) {
-    const ssize_t n = read(fds[0], buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    in.append(buffer, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return {"the COW-PTE host process died (status " + std::to_string(status) + ")", {}, {}, {}};
-  }
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  const ChildOutcome host = RunInChild(
+      [&] {
+        Measurement m;
+        long withheld_before = 0, withheld_after = 0;
+        m.error = TablesWithheldFromChildKb(&withheld_before);
+        if (m.error.empty() && prctl(prctl_number, 0, 0, 0, 0) != 0) {
+          m.error = Errno(("prctl(" + std::to_string(prctl_number) + ", 0, 0, 0, 0)").c_str()) +
+                    ": this kernel has no COW-PTE prctl of that number";
+        }
+        if (m.error.empty()) m.error = TablesWithheldFromChildKb(&withheld_after);
+        const long probe_tables_kb = static_cast<long>(kCowPteProbeBytes / kPage2M * 4);
+        if (m.error.empty() && withheld_after - withheld_before < probe_tables_kb / 2) {
+          m.error = "prctl(" + std::to_string(prctl_number) +
+                    ") succeeded but fork still copies page tables: a child's VmPTE was " +
+                    std::to_string(withheld_after) + " kB below its parent's after it and " +
+                    std::to_string(withheld_before) + " kB before it, where sharing the tables of a " +
+                    std::to_string(kCowPteProbeBytes >> 20) + " MiB region would take " +
+                    std::to_string(probe_tables_kb) + " kB off" +
+                    (prctl_number == kPrSetMdwe
+                         ? " (65 is PR_SET_MDWE in mainline kernels: with 0 it sets nothing)"
+                         : "");
+        }
+        if (m.error.empty()) m = measure();
+        return nlohmann::json{{"error", m.error},
+                              {"samples_ns", m.samples_ns},
+                              {"figures", m.figures},
+                              {"names", m.totals.names},
+                              {"sums", m.totals.sums}}
+            .dump();
+      },
+      kCowPteHostTimeoutS, "its COW-PTE host's row");
+  if (!host.error.empty()) return {host.error + " (the COW-PTE host process)", {}, {}, {}};
+  const nlohmann::json j = nlohmann::json::parse(host.output, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return {"the COW-PTE host's report is not JSON", {}, {}, {}};
   Measurement m;
   m.error = j.at("error").get<std::string>();
