@@ -51,6 +51,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/suite.h"
@@ -810,13 +811,13 @@ void RegisterFaultSuite(const RunOptions& options) {
     auto add = [&](int procs, int threads) {
       const std::string name =
           std::string("fault/") + c.name + "/" + kind.name;
-      benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& st) { RunFaultCase(st, c); })
+      // Iterations per thread; for processes, all workers' faults.
+      Configure(benchmark::RegisterBenchmark(name.c_str(),
+                                             [c](benchmark::State& st) { RunFaultCase(st, c); }),
+                faults * procs, Repetitions(options))
           ->Args({mib, procs, rounds})
           ->ArgNames({"region_mib", "procs", "rounds"})
           ->Threads(threads)
-          ->Iterations(faults * procs)  // per thread; for processes, all workers' faults
-          ->Repetitions(Repetitions(options))
-          ->UseManualTime()
           ->Unit(benchmark::kNanosecond);
     };
     for (int t = 1; t <= max_workers; ++t) add(1, t);

@@ -54,6 +54,7 @@
 
 #include "bench/fork_probe.h"
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
@@ -528,13 +529,9 @@ void RegisterForkSuite(const RunOptions& options) {
   const int repetitions = Repetitions(options);
   auto add = [&](const std::string& name, std::vector<int64_t> args,
                  std::vector<std::string> arg_names, int64_t iterations, auto body) {
-    benchmark::RegisterBenchmark(name.c_str(), body)
+    Configure(benchmark::RegisterBenchmark(name.c_str(), body), iterations, repetitions)
         ->Args(args)
-        ->ArgNames(arg_names)
-        ->Iterations(iterations)
-        ->Repetitions(repetitions)
-        ->UseManualTime()
-        ->Unit(benchmark::kNanosecond);
+        ->ArgNames(arg_names);
   };
   // The floor of the sweep, first: a fork of faultlab's own process with no region, measured
   // before anything else has run in it. main.cc keeps the process from growing with the regions

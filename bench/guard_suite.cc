@@ -58,6 +58,7 @@
 #include "bench/fork_probe.h"
 #include "bench/guard_probe.h"
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
@@ -329,13 +330,11 @@ void RegisterGuardSuite(const RunOptions& options) {
   const int repetitions = Repetitions(options);
   auto add = [&](const GuardCase& c, long pages, int rounds) {
     const std::string name = std::string("guard/") + c.name + "/anon4k";
-    benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& st) { RunGuardCase(st, c); })
+    Configure(benchmark::RegisterBenchmark(name.c_str(),
+                                           [c](benchmark::State& st) { RunGuardCase(st, c); }),
+              pages * rounds, repetitions)
         ->Args({pages, static_cast<long>(kStride), rounds})
-        ->ArgNames({"pages", "stride", "rounds"})
-        ->Iterations(pages * rounds)
-        ->Repetitions(repetitions)
-        ->UseManualTime()
-        ->Unit(benchmark::kNanosecond);
+        ->ArgNames({"pages", "stride", "rounds"});
   };
   // Each size's four rows one after another, so the two methods are compared at one moment of
   // the machine.

@@ -45,6 +45,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/environment.h"
 #include "bench/perf_counters.h"
+#include "bench/profile_control.h"
 #include "bench/suite.h"
 #include "build_info.h"
 #include "reports/fault_summary.h"
@@ -117,6 +118,8 @@ class CompactReporter : public benchmark::BenchmarkReporter {
       ++done_;
       const double now = MonotonicSeconds();
       spans_.push_back({{"name", first.run_name.str()}, {"start", span_start_}, {"end", now}});
+      // In a --flamegraph run, which of its repetitions perf recorded (profile_control.h).
+      if (ProfileControlActive()) spans_.back()["recorded_repetitions"] = TakeRecordedRepetitions();
       span_start_ = now;
       std::cerr << "[" << done_ << "/" << total_ << "] " << name << " (" << total_ - done_
                 << " left)\n";
@@ -563,6 +566,18 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   options.cpus = *cpus;
   options.node = node;
   options.counters = counters;
+  // Before the suites register: a recorded run doubles every benchmark's repetitions.
+  if (std::optional<std::string> why = StartProfileControl()) return BadInput(*why);
+  if (ProfileControlActive() &&
+      std::any_of(extras.begin(), extras.end(), [](const std::string& arg) {
+        return arg.rfind("--benchmark_enable_random_interleaving", 0) == 0 &&
+               arg != "--benchmark_enable_random_interleaving=false" &&
+               arg != "--benchmark_enable_random_interleaving=0";
+      })) {
+    return BadInput(
+        "--flamegraph and --benchmark_enable_random_interleaving do not go together: the "
+        "recording is switched per repetition in each benchmark's own order");
+  }
   SetCurrentRunOptions(options);
   for (const std::string& name : suites) FindSuite(name)->register_benchmarks(options);
 
@@ -689,6 +704,11 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
         {"tracefs", tracefs}}},
   };
   context["faultlab"]["benchmark_spans"] = display.spans();
+  if (ProfileControlActive()) {
+    context["faultlab"]["profile_control"] = {
+        {"recorded_repetitions", "1 and 2 of every 4, counted from 0"},
+        {"repetitions_doubled", true}};
+  }
   context["faultlab"]["run_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const std::string summary = FaultSummary(results) + ModelSummary(results);

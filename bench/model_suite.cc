@@ -68,6 +68,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/model_suite.h"
 #include "bench/perf_counters.h"
 #include "bench/suite.h"
@@ -2373,11 +2374,9 @@ class ModelAdder {
   explicit ModelAdder(const Sizes& sizes) : sizes_(sizes) {}
   template <typename Run>
   benchmark::internal::Benchmark* operator()(const std::string& name, double ops, Run&& run) const {
-    return benchmark::RegisterBenchmark(name.c_str(), std::forward<Run>(run))
-        ->Iterations(static_cast<benchmark::IterationCount>(std::max(1.0, ops)))
-        ->Repetitions(sizes_.repetitions)
-        ->UseManualTime()
-        ->Unit(benchmark::kNanosecond);
+    return Configure(benchmark::RegisterBenchmark(name.c_str(), std::forward<Run>(run)),
+                     static_cast<benchmark::IterationCount>(std::max(1.0, ops)),
+                     sizes_.repetitions);
   }
 
  private:

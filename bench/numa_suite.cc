@@ -123,6 +123,7 @@
 #include "absl/strings/str_join.h"
 #include "bench/guard_probe.h"
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
@@ -912,13 +913,10 @@ using RowFn = std::function<void(benchmark::State&)>;
 void Register(const std::string& name, const std::vector<int64_t>& args,
               const std::vector<std::string>& arg_names, int64_t iterations, int repetitions,
               RowFn fn) {
-  benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
+  Configure(benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); }),
+            std::max<int64_t>(1, iterations), repetitions)
       ->Args(args)
-      ->ArgNames(arg_names)
-      ->Iterations(std::max<int64_t>(1, iterations))
-      ->Repetitions(repetitions)
-      ->UseManualTime()
-      ->Unit(benchmark::kNanosecond);
+      ->ArgNames(arg_names);
 }
 
 void RegisterMatrix(const RunOptions& options, const Sizes& sizes,

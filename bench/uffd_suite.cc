@@ -191,6 +191,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/guard_probe.h"
 #include "bench/harness.h"
+#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
@@ -1216,49 +1217,38 @@ void RegisterUffdSuite(const RunOptions& options) {
         const std::string name = absl::StrCat("uffd/", kind.name, "/", UffdMemoryName(memory),
                                               "/handler:", HandlerModeName(mode));
         const Case c = kind.c;
-        benchmark::RegisterBenchmark(name.c_str(),
-                                     [c, memory, mode](benchmark::State& st) {
-                                       RunCase(st, c, memory, mode);
-                                     })
+        Configure(benchmark::RegisterBenchmark(name.c_str(),
+                                               [c, memory, mode](benchmark::State& st) {
+                                                 RunCase(st, c, memory, mode);
+                                               }),
+                  pages * kRounds, repetitions)
             ->Args({pages})
-            ->ArgNames({"pages"})
-            ->Iterations(pages * kRounds)
-            ->Repetitions(repetitions)
-            ->UseManualTime()
-            ->Unit(benchmark::kNanosecond);
+            ->ArgNames({"pages"});
       }
     }
   }
   const int rounds = FloorRounds(options.quick);
   for (HandlerMode mode : {HandlerMode::kSameCpu, HandlerMode::kOtherCpu}) {
     const std::string name = absl::StrCat("uffd/floor/eventfd/handler:", HandlerModeName(mode));
-    benchmark::RegisterBenchmark(name.c_str(),
-                                 [mode, rounds](benchmark::State& st) { RunFloor(st, mode, rounds); })
-        ->Iterations(rounds)
-        ->Repetitions(repetitions)
-        ->UseManualTime()
-        ->Unit(benchmark::kNanosecond);
+    Configure(benchmark::RegisterBenchmark(
+                  name.c_str(), [mode, rounds](benchmark::State& st) { RunFloor(st, mode, rounds); }),
+              rounds, repetitions);
   }
   const long poison_pages = PagesFor(UffdMemory::kAnon4K, options.quick);
-  benchmark::RegisterBenchmark("uffd/poison/anon4k", [](benchmark::State& st) { RunPoison(st); })
+  Configure(benchmark::RegisterBenchmark("uffd/poison/anon4k",
+                                         [](benchmark::State& st) { RunPoison(st); }),
+            poison_pages * kRounds, repetitions)
       ->Args({poison_pages})
-      ->ArgNames({"pages"})
-      ->Iterations(poison_pages * kRounds)
-      ->Repetitions(repetitions)
-      ->UseManualTime()
-      ->Unit(benchmark::kNanosecond);
+      ->ArgNames({"pages"});
   for (UffdMemory memory : {UffdMemory::kAnon4K, UffdMemory::kShmem}) {
     const long pages = PagesFor(memory, options.quick);
     const std::string name = absl::StrCat("uffd/wp_async/", UffdMemoryName(memory));
-    benchmark::RegisterBenchmark(name.c_str(),
-                                 [memory](benchmark::State& st) { RunWpAsync(st, memory); })
+    // Every other page is written per round.
+    Configure(benchmark::RegisterBenchmark(
+                  name.c_str(), [memory](benchmark::State& st) { RunWpAsync(st, memory); }),
+              pages / 2 * kRounds, repetitions)
         ->Args({pages})
-        ->ArgNames({"pages"})
-        // Every other page is written per round.
-        ->Iterations(pages / 2 * kRounds)
-        ->Repetitions(repetitions)
-        ->UseManualTime()
-        ->Unit(benchmark::kNanosecond);
+        ->ArgNames({"pages"});
   }
   // The model's round trips, markers, write-protect and zeropage cases in the same invocation
   // (same machine state and pinning), unless the model suite runs anyway.

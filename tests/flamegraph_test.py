@@ -2,12 +2,15 @@
 tests: FAULTLAB_BUILD_DIR and FAULTLAB_PREBUILT): one fast benchmark recorded with perf gives
 folded stacks with faultlab's own functions by name and, where kptr_restrict lets perf name
 them, the kernel's page-fault handlers; a flame graph page that loads nothing from the network;
-and index.html links to both (where chromium is installed, it draws the page's frames). Where perf
-is missing, the run is refused before it starts.
+and index.html links to both (where chromium is installed, it draws the page's frames). perf
+records only half of each benchmark's repetitions (the run has twice as many, 1 and 2 of every 4
+recorded) and nothing outside them, and the run reports what the recording cost, recorded
+repetitions against plain ones. Where perf is missing, the run is refused before it starts.
 
 The recording test is skipped where perf cannot record here; the refusal is tested everywhere.
 """
 
+import csv
 import json
 import os
 import re
@@ -117,6 +120,32 @@ class FlameGraph(unittest.TestCase):
                 self.assertIn(f'href="flamegraphs/{entry["html"]}"', page)
                 self.assertIn(f'href="flamegraphs/{entry["folded"]}"', page)
         self.assertIn('id="flamegraphs"', page)
+        self.check_half_recorded(out, results, spans, page)
+
+    def check_half_recorded(self, out, results, spans, page):
+        """Twice the repetitions (3 in --quick), 1, 2 and 5 of them recorded; no sample outside
+        the benchmarks (faultlab's start, before the first, has perf's events off); the cost of
+        the recording per benchmark in recording_cost.csv and index.html."""
+        self.assertIn("profile_control", results["context"]["faultlab"])
+        for span in spans:
+            rows = [row for row in results["benchmarks"]
+                    if row["run_name"] == span["name"] and row["run_type"] == "iteration"]
+            self.assertEqual(sorted(row["repetition_index"] for row in rows), list(range(6)))
+            self.assertEqual(span["recorded_repetitions"], [1, 2, 5])
+        times = subprocess.run(["perf", "script", "-i", str(out / "flamegraphs" / "perf.data"),
+                                "-F", "time"], capture_output=True, text=True, check=True).stdout
+        samples = [float(line.strip().rstrip(":")) for line in times.splitlines() if line.strip()]
+        self.assertTrue(samples)
+        before = [t for t in samples if t < spans[0]["start"]]
+        self.assertEqual(before, [], "perf sampled faultlab's start, before any benchmark")
+        with open(out / "flamegraphs" / "recording_cost.csv") as f:
+            cost = list(csv.DictReader(f))
+        self.assertEqual({row["benchmark"] for row in cost if row["figure"] == "time_ns"},
+                         {span["name"] for span in spans})
+        for row in cost:
+            self.assertEqual((row["a_repetitions"], row["b_repetitions"]), ("3", "3"))
+            self.assertGreater(float(row["ratio"]), 0)
+        self.assertIn("Recording&#x27;s cost, measured in this run", page)
 
 
 if __name__ == "__main__":

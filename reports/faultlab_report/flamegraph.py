@@ -12,19 +12,29 @@ and writes, in DIR/flamegraphs/:
                  self-contained page that renders offline
   index.json     the recording (event, frequency, call graph, kptr_restrict) and, per benchmark,
                  its files and sample count; index.html's "Flame graphs" section reads it
+  recording_cost.csv
+                 what recording costs each benchmark, measured in the same run (below), in
+                 `faultlab compare`'s CSV format with A the plain repetitions, B the recorded ones
+
+perf records only half of each benchmark's repetitions (bench/profile_control.h: twice the
+repetitions, 1 and 2 of every 4 recorded; each span's recorded_repetitions lists them), so the
+samples are those repetitions' and recording_cost() sets their figures against the plain ones'
+with compare's ratio of medians and U test.
 
 <name> is the benchmark's name with every character but letters, digits, '.', '_' and '-' made
 '_' (a suffix tells apart two names that would collide).
 """
 
+import dataclasses
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from .results import BadInput, write_files
+from .results import TIME, BadInput, load_run, write_files
 
 DIRECTORY = "flamegraphs"
 INDEX = "index.json"
@@ -33,6 +43,9 @@ PERF_DATA = "perf.data"
 PERF_SCRIPTS = Path("/usr/lib/perf-core/scripts/python")
 # The perf scripts/faultlab recorded with.
 PERF = os.environ.get("FAULTLAB_PERF", "perf")
+RECORDING_COST = "recording_cost.csv"
+# The issue's bound on what recording may add to a benchmark's own figures.
+COST_BOUND = 1.10
 
 
 def safe_name(name, taken):
@@ -78,6 +91,63 @@ def recording(directory):
                 Path("/proc/sys/kernel/perf_event_paranoid").read_text())}
 
 
+def recording_cost(run):
+    """What recording cost each benchmark perf recorded half of, as compare.RunComparison (A:
+    the plain repetitions, B: the recorded ones; time and p50 where the row has it); None when
+    the run switched no recording (a run recorded whole, by an older faultlab)."""
+    # Imported here: compare needs scipy, which reports of runs without flame graphs skip.
+    from . import compare
+    spans = {span["name"]: span for span in
+             run.context.get("faultlab", {}).get("benchmark_spans", [])
+             if "recorded_repetitions" in span}
+    if not spans:
+        return None
+    rows = []
+    for bench in run.benchmarks:
+        span = spans.get(bench.name)
+        if span is None or bench.skipped:
+            continue
+        recorded = set(span["recorded_repetitions"])
+        plain_bench = dataclasses.replace(
+            bench, rows=[row for row in bench.rows if row.get("repetition_index") not in recorded])
+        recorded_bench = dataclasses.replace(
+            bench, rows=[row for row in bench.rows if row.get("repetition_index") in recorded])
+        for figure in compare.FIGURES:
+            row = compare.compare_figure(plain_bench, recorded_bench, figure)
+            if row is not None:
+                rows.append(row)
+    return compare.RunComparison(run, run, rows)
+
+
+def recording_cost_lines(cost):
+    """The cost as lines of text: over the benchmarks' time column, the median ratio, how
+    many stay within COST_BOUND, the worst, and how many the U test calls slower."""
+    times = [row for row in cost.rows if row.figure == TIME]
+    if not times:
+        return ["Recording's cost: no benchmark measured both ways."]
+    median = statistics.median(row.ratio for row in times)
+    worst = max(times, key=lambda row: row.ratio)
+    within = sum(row.ratio <= COST_BOUND for row in times)
+    slower = sum(row.verdict == "slower" for row in times)
+    reps = min(min(len(row.a_values), len(row.b_values)) for row in times)
+    tested = sum(row.verdict != "too few repetitions" for row in times)
+    test = (f"{slower} of {tested} significantly slower (U test, p < 0.05)" if tested else
+            f"with {reps} repetitions a side no U test can call one slower (run --repetitions 4 "
+            f"or more: a recorded run has twice that many, half of them recorded)")
+    return [
+        f"Recording's cost, measured in this run (each benchmark's recorded repetitions against "
+        f"its plain ones, interleaved; the time column): median {percent(median)} over "
+        f"{len(times)} benchmarks; {within} of {len(times)} within "
+        f"{(COST_BOUND - 1) * 100:.0f}%; the largest {percent(worst.ratio)} "
+        f"({worst.short_name}); {test}.",
+    ]
+
+
+def percent(ratio):
+    """1.042 -> '+4.2%'."""
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
 def write_flamegraphs(run_directory, template, recorded):
     """Writes each benchmark's .folded and .html and index.json into run_directory/flamegraphs,
     all or none.
@@ -104,6 +174,11 @@ def write_flamegraphs(run_directory, template, recorded):
                         "html": f"{name}.html", "samples": samples,
                         "seconds": span["end"] - span["start"]})
     index = {"recording": {**recorded, **recording(directory)}, "benchmarks": entries}
+    cost = recording_cost(load_run(run_directory))
+    if cost is not None:
+        from . import compare
+        files[RECORDING_COST] = compare.csv_report(cost).encode()
+        index["recording_cost"] = recording_cost_lines(cost)
     files[INDEX] = (json.dumps(index, indent=2) + "\n").encode()
     # All or none: index.html links them only once index.json is there.
     write_files(directory, files)
@@ -128,5 +203,7 @@ def main(argv):
     recorded = {"event": event, "frequency": int(frequency), "call_graph": call_graph}
     # Absolute: perf script runs in DIR/flamegraphs.
     index = write_flamegraphs(directory, os.path.abspath(template), recorded)
+    for line in index.get("recording_cost", []):
+        print(line)
     print(f"faultlab: wrote the flame graphs of {len(index['benchmarks'])} benchmarks into "
           f"{Path(directory) / DIRECTORY}", file=sys.stderr)

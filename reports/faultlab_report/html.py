@@ -359,23 +359,55 @@ def flamegraphs_html(run):
         return ""
     recording = index.get("recording", {})
     folder = flamegraph.DIRECTORY
+    cost = flamegraph.recording_cost(run)
+    cost_rows = {}
+    for row in cost.rows if cost else []:
+        cost_rows.setdefault(row.name, {})[row.figure] = row
+
+    def cost_cells(name):
+        """Recorded against plain repetitions: the time column's and p50's change, and the
+        time's U test."""
+        if cost is None:
+            return ""
+        figures = cost_rows.get(name, {})
+        cells = [flamegraph.percent(figures[figure].ratio) if figure in figures else "-"
+                 for figure in (TIME, "p50_ns")]
+        time = figures.get(TIME)
+        if time is None:
+            cells.append("-")
+        else:
+            p_text = "-" if time.p_value is None else significant(time.p_value, 2)
+            cells.append(f"{time.verdict} (p {p_text})")
+        return "".join(f'<td class="num">{escape(cell)}</td>' for cell in cells)
+
     rows = "".join(
         f"<tr><td>{escape(entry['name'])}</td>"
         f'<td><a href="{folder}/{escape(entry["html"])}">flame graph</a></td>'
         f'<td><a href="{folder}/{escape(entry["folded"])}">folded stacks</a></td>'
-        f"<td>{entry['samples']}</td></tr>" for entry in index.get("benchmarks", []))
+        f"<td>{entry['samples']}</td>{cost_cells(entry['name'])}</tr>"
+        for entry in index.get("benchmarks", []))
+    cost_header = ("<th>recorded vs plain: time</th><th>p50</th><th>time: U test</th>"
+                   if cost else "")
+    cost_text = ""
+    if cost:
+        lines = " ".join(flamegraph.recording_cost_lines(cost))
+        cost_text = (f"<p>{escape(lines)} Every figure of the run includes the recorded "
+                     f'repetitions; <a href="{folder}/{flamegraph.RECORDING_COST}">'
+                     f"{folder}/{flamegraph.RECORDING_COST}</a> has both halves' medians.</p>")
     kernel = ("kernel frames included" if recording.get("kptr_restrict") == 0 else
               f"kernel frames may be unnamed (kptr_restrict {recording.get('kptr_restrict')})")
     return ('<section id="flamegraphs"><h2>Flame graphs</h2>'
             f"<p>The run was profiled with perf ({escape(str(recording.get('event')))} at "
             f"{escape(str(recording.get('frequency')))} Hz, call graphs by "
             f"{escape(str(recording.get('call_graph')))}; {escape(kernel)}); each benchmark's "
-            "samples, from its setup to its last row, are one flame graph (a self-contained "
+            f"samples{' (its recorded repetitions)' if cost else ', from its setup to its last row,'} "
+            "are one flame graph (a self-contained "
             "page) and one file of folded stacks (for FlameGraph, speedscope or inferno). "
             f'The whole profile is <a href="{folder}/{flamegraph.PERF_DATA}">'
             f"{folder}/{flamegraph.PERF_DATA}</a> (perf report -i).</p>"
+            f"{cost_text}"
             '<div class="scroll"><table><tr><th>benchmark</th><th>page</th><th>stacks</th>'
-            f"<th>samples</th></tr>{rows}</table></div></section>")
+            f"<th>samples</th>{cost_header}</tr>{rows}</table></div></section>")
 
 
 def toc_html(run, suites, has_summary):
