@@ -1,13 +1,15 @@
 #!/usr/bin/python3
-"""faultlab's reports from a run directory: report.py DIR (every report the run has rows for and
-DIR/index.html, the whole run as one page); report.py KIND DIR (one report; kinds: fork, uffd,
+"""faultlab's reports from a run directory: report.py DIR [--baseline A] (every report the run has
+rows for and DIR/index.html, the whole run as one page; with --baseline, the comparison against
+run directory A in the page and in DIR/comparison.csv); report.py KIND DIR (one report; kinds: fork, uffd,
 numa); report.py flamegraphs DIR ... (scripts/faultlab's, after `run --flamegraph`: the
 per-benchmark flame graphs from DIR/flamegraphs/perf.data); and the comparison of two runs:
 report.py compare A B [--csv FILE] [--html FILE].
 
 Reads DIR/results.json and writes the reports' files into DIR, all or none; prints the reports'
-summaries. Bad input (no such directory, no results.json, not faultlab's JSON, no rows for the
-report) is one line on stderr and exit code 2, with nothing written.
+summaries (with --baseline, compare's table too). Bad input (no such directory, no results.json,
+not faultlab's JSON, no rows for the report; a baseline that is not a run or has no benchmark
+that ran in both) is one line on stderr and exit code 2, with nothing written.
 
 compare prints, for each benchmark of both runs, B's figures against A's with a U test over
 the repetitions (faultlab_report/compare.py); --csv writes the same rows to FILE, --html a
@@ -31,6 +33,8 @@ KINDS = {kind: module.write_report for kind, module in html.KINDS.items()}
 
 
 COMPARE_USAGE = "faultlab compare A B [--csv FILE] [--html FILE]"
+REPORT_USAGE = (f"report.py DIR [--baseline A], report.py KIND DIR (kinds: {', '.join(KINDS)}), "
+                f"or {COMPARE_USAGE}")
 # compare's options that name a file to write, and how each formats the comparison.
 COMPARE_OUTPUTS = ("--csv", "--html")
 
@@ -105,6 +109,35 @@ def write_and_say(write_report, directory):
     return 0
 
 
+def run_report_main(args):
+    """report.py DIR [--baseline A]: the page and every report the run has rows for, with the
+    comparison against A when given."""
+    directories, baseline, rest = [], None, list(args)
+    while rest:
+        arg = rest.pop(0)
+        option, equals, value = arg.partition("=")
+        if option == "--baseline" and (equals or rest):
+            baseline = value if equals else rest.pop(0)
+            if baseline == "":
+                print(f"faultlab: --baseline takes a run directory: {REPORT_USAGE}",
+                      file=sys.stderr)
+                return 2
+        elif arg.startswith("-"):
+            what = "--baseline takes a run directory" if arg == "--baseline" else \
+                f"unknown option '{arg}'"
+            print(f"faultlab: {what}: {REPORT_USAGE}", file=sys.stderr)
+            return 2
+        else:
+            directories.append(arg)
+    if len(directories) != 1:
+        kind = directories[0] if directories else ""
+        what = f"unknown report '{kind}'" if kind and len(directories) > 1 else "usage"
+        print(f"faultlab: {what}: {REPORT_USAGE}", file=sys.stderr)
+        return 2
+    return write_and_say(lambda directory: html.write_report(directory, baseline),
+                         directories[0])
+
+
 def flamegraphs_main(args):
     """report.py flamegraphs DIR TEMPLATE EVENT FREQUENCY CALL_GRAPH: scripts/faultlab's, after
     a `run --flamegraph` (faultlab_report/flamegraph.py)."""
@@ -125,13 +158,10 @@ def main(argv):
         return compare_main(argv[2:])
     if len(argv) > 1 and argv[1] == "flamegraphs":
         return flamegraphs_main(argv[2:])
-    if len(argv) == 2 and argv[1] not in KINDS and not argv[1].startswith("-"):
-        return write_and_say(html.write_report, argv[1])
-    if len(argv) != 3 or argv[1] not in KINDS:
-        kind = argv[1] if len(argv) > 1 else ""
-        what = f"unknown report '{kind}'" if kind and kind not in KINDS else "usage"
-        print(f"faultlab: {what}: report.py DIR, report.py KIND DIR (kinds: "
-              f"{', '.join(KINDS)}), or {COMPARE_USAGE}", file=sys.stderr)
+    if len(argv) > 1 and argv[1] not in KINDS:
+        return run_report_main(argv[1:])
+    if len(argv) != 3:
+        print(f"faultlab: usage: {REPORT_USAGE}", file=sys.stderr)
         return 2
     return write_and_say(KINDS[argv[1]], argv[2])
 

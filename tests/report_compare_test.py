@@ -1,5 +1,6 @@
 """Tests of `faultlab compare A B` (reports/faultlab_report/compare.py, through scripts/faultlab
-for the command line) on tests/data/compare_{a,b}.json, the iteration rows of two real runs of a
+for the command line; and `faultlab report B --baseline A` and `faultlab run --baseline A`'s bad
+input there) on tests/data/compare_{a,b}.json, the iteration rows of two real runs of a
 few fault rows one after the other (see their context.faultlab_fixture), and on edits of them
 made here: a benchmark made twice as slow, rows taken out, renamed or skipped, settings changed.
 Expected ratios and p-values are computed here from the fixtures' rows.
@@ -319,6 +320,58 @@ class ReportCompareTest(unittest.TestCase):
         self.assertIn("--csv takes a file name", self.assert_bad_input(a_dir, b_dir, "--csv"))
         self.assertIn("two run directories", self.assert_bad_input(a_dir))
         self.assertIn("unknown option", self.assert_bad_input(a_dir, b_dir, "--bogus"))
+
+    def test_report_baseline_through_the_front_door(self):
+        # `faultlab report B --baseline A` (and --baseline=A): the comparison's CSV as compare
+        # writes it; a --baseline without a directory is refused before report.py.
+        a_dir, b_dir = self.write("a", self.a), self.write("b", self.b)
+        self.assertEqual(self.run_cli(a_dir, b_dir, "--csv", self.directory / "c.csv").returncode,
+                         0)
+        for baseline in (["--baseline", str(a_dir)], [f"--baseline={a_dir}"]):
+            result = subprocess.run([str(FAULTLAB), "report", str(b_dir), *baseline],
+                                    capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual((b_dir / "comparison.csv").read_bytes(),
+                             (self.directory / "c.csv").read_bytes())
+            self.assertIn('<section id="comparison">',
+                          (b_dir / "index.html").read_text(encoding="utf-8"))
+        for name in ("comparison.csv", "index.html"):
+            os.unlink(b_dir / name)
+        self.assertIn("--baseline takes a run directory",
+                      self.assert_front_door_refuses("report", b_dir, "--baseline"))
+        self.assertIn("unknown option '--bogus'",
+                      self.assert_front_door_refuses("report", b_dir, "--bogus"))
+
+    def assert_front_door_refuses(self, *args):
+        """scripts/faultlab ARGS refused: exit 2, one line, nothing written, before any build.
+        FAULTLAB_BUILD_DIR names a file: a script that went on to build would fail there at
+        once (exit 1, mkdir), not build the project."""
+        not_a_build_dir = self.directory / "not-a-build-dir"
+        not_a_build_dir.write_text("")
+        before = sorted(str(path) for path in self.directory.rglob("*"))
+        result = subprocess.run([str(FAULTLAB), *map(str, args)], capture_output=True, text=True,
+                                timeout=120,
+                                env={**os.environ, "FAULTLAB_BUILD_DIR": str(not_a_build_dir)})
+        self.assertEqual(result.returncode, 2, (args, result.stdout, result.stderr))
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertTrue(result.stderr.startswith("faultlab: "), result.stderr)
+        self.assertEqual(sorted(str(path) for path in self.directory.rglob("*")), before)
+        return result.stderr
+
+    def test_run_baseline_bad_input_is_refused_before_building(self):
+        # Checked before anything is installed, built or run.
+        empty = self.directory / "empty"
+        empty.mkdir()
+        self.assertIn("--baseline /nonexistent: not a run directory (no results.json there)",
+                      self.assert_front_door_refuses("run", "--quick", "--baseline",
+                                                     "/nonexistent"))
+        self.assertIn("not a run directory",
+                      self.assert_front_door_refuses("run", f"--baseline={empty}"))
+        self.assertIn("--baseline takes a run directory",
+                      self.assert_front_door_refuses("run", "--quick", "--baseline"))
+        self.assertIn("--baseline takes a run directory",
+                      self.assert_front_door_refuses("run", "--baseline="))
 
     def test_in_process_bad_input_is_raised(self):
         with self.assertRaises(BadInput):

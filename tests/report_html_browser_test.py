@@ -8,7 +8,8 @@ colour: every chart here draws its data in colours and its axes in black and gre
 page wider than the window. It saves screenshots of the top of the page and of each suite's
 section (in $FAULTLAB_SCREENSHOTS if set, else a temporary directory).
 
-The comparison page (`faultlab compare A B --html FILE`) gets the same checks, without charts.
+The comparison page (`faultlab compare A B --html FILE`) gets the same checks, without charts,
+and so does the page of a run with the comparison in it (`report.py DIR --baseline A`).
 
 Exit 77 (CTest's skip) where chromium or python3-websocket is missing (`faultlab test`
 installs both). Run: /usr/bin/python3 -B report_html_browser_test.py (from tests/; CTest does
@@ -281,6 +282,30 @@ class BrowserTest(unittest.TestCase):
         self.assertLessEqual(measured["scroll_width"], measured["client_width"])
         self.assertTrue(measured["title"].startswith("faultlab compare"))
         self.browser.screenshot(self.shots / "compare-top.png", 0, 1400)
+
+    def test_run_report_with_a_baseline_loads_offline(self):
+        a, b = (self.scratch / "a", self.scratch / "b")
+        for directory, fixture in ((a, "compare_a.json"), (b, "compare_b.json")):
+            directory.mkdir()
+            shutil.copy(TESTS / "data" / fixture, directory / "results.json")
+        result = run_cli(str(b), "--baseline", str(a))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        page = b / "index.html"
+        self.browser.open(page)
+        measured = self.browser.evaluate(MEASURE_PAGE)
+        self.assertEqual(self.page_problems(page), [])
+        self.assertLessEqual(measured["scroll_width"], measured["client_width"])
+        # The section is there and shown: its table has a row per figure compared.
+        box = self.browser.evaluate("""(() => {
+          const section = document.getElementById("comparison");
+          const box = section.getBoundingClientRect();
+          return {top: box.top + window.scrollY, height: box.height,
+                  rows: section.querySelectorAll("#comparison-figures tbody tr").length};
+        })()""")
+        self.assertEqual(box["rows"], 6)  # 3 benchmarks in both, time and p50 each
+        self.assertGreater(box["height"], 200)
+        height = min(SECTION_SHOT_HEIGHT, int(box["height"]))
+        self.browser.screenshot(self.shots / "index-comparison.png", int(box["top"]), height)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Tests of `faultlab report DIR` (reports/report.py DIR): DIR/index.html, the whole run as one
-page, written with every report the run has rows for; and of `faultlab compare A B --html FILE`.
+page, written with every report the run has rows for; of `faultlab compare A B --html FILE`; and
+of `faultlab report DIR --baseline A`, the same comparison as a section of DIR/index.html with
+its rows in DIR/comparison.csv.
 
 The run: tests/data's fixtures in one directory (combined_run): the fault rows of compare_a, the
 fork and model rows of fork_results, the uffd, guard and model rows of uffd_results and the numa
@@ -25,7 +27,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
-from report_support import PYTHON, REPORT, ROOT, SVG, TESTS, flat, load_json  # noqa: E402
+from report_support import (PYTHON, REPORT, ROOT, SVG, TESTS, check_refused, flat,  # noqa: E402
+                            listing, load_json, renamed)
 
 sys.path.insert(0, str(ROOT / "reports"))
 from faultlab_report import fork, numa, uffd  # noqa: E402
@@ -428,6 +431,12 @@ class ReportHtmlTest(unittest.TestCase):
         self.assertEqual(links, REPORT_FILES | {"results.json"})
         self.assertIn("results.json", page.text["files"])
 
+    def test_without_a_baseline_there_is_no_comparison(self):
+        directory, _, _, page = self.report()
+        self.assertNotIn("comparison", page.ids)
+        self.assertNotIn("#comparison", {attributes.get("href") for _, attributes in page.tags})
+        self.assertFalse((directory / "comparison.csv").exists())
+
     # compare --html ----------------------------------------------------------------------------
 
     def compare_dirs(self, b_document=None):
@@ -456,6 +465,108 @@ class ReportHtmlTest(unittest.TestCase):
         self.assertIn("thp/enabled", page.text["warnings"])
         self.assertIn("'always'", page.text["warnings"])
         self.assertNotIn("script", {tag for tag, _ in page.tags})
+
+    # report DIR --baseline A -------------------------------------------------------------------
+
+    def test_baseline_puts_compares_table_in_the_page(self):
+        b_document = load_json(DATA / "compare_b.json")
+        b_document["context"]["faultlab"]["environment"]["thp"]["enabled"] = "always"
+        a, b = self.compare_dirs(b_document)
+        result = run_cli(str(b), "--baseline", str(a))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sorted(p.name for p in b.iterdir()),
+                         ["comparison.csv", "index.html", "results.json"])
+        self.assertRegex(result.stderr, r"faultlab: wrote .*/\{comparison\.csv,index\.html\}\n$")
+        # What compare prints and writes for the same pair: the table on stdout, the same CSV.
+        compared = run_cli("compare", str(a), str(b), "--csv", str(self.scratch / "c.csv"))
+        self.assertEqual(compared.returncode, 0, compared.stderr)
+        self.assertEqual(result.stdout, compared.stdout)
+        self.assertEqual((b / "comparison.csv").read_bytes(),
+                         (self.scratch / "c.csv").read_bytes())
+        page = Page((b / "index.html").read_text(encoding="utf-8"))
+        # After the environment, before the suites; listed in the contents.
+        self.assertLess(page.sections.index("environment"), page.sections.index("comparison"))
+        self.assertLess(page.sections.index("comparison"), page.sections.index("suite-fault"))
+        toc = [attributes["href"] for tag, attributes in page.tags
+               if tag == "a" and attributes.get("href", "").startswith("#")]
+        self.assertEqual(toc[:3], ["#warnings", "#environment", "#comparison"])
+        self.assertIn("Against a", page.text["comparison"])
+        # The text table's rows, in its order, cell for cell: benchmark, figure, A, B, B/A, p,
+        # (repetitions,) verdict.
+        text_rows = [match.groups() for match in re.finditer(
+            r"^(fault/\S+) +(time|p50) +(\S+ \S+) +(\S+ \S+) +(\S+) +(\S+) +(.+)$",
+            compared.stdout, re.MULTILINE)]
+        table = [cells for cells in page.rows["comparison-figures"] if cells]
+        self.assertTrue(text_rows)
+        self.assertEqual([tuple(cells[:6] + cells[7:]) for cells in table], text_rows)
+        self.assertEqual([cells[6] for cells in table], ["5 / 5"] * len(table))
+        self.assertIn("slower *", [cells[7] for cells in table])
+        self.assertIn(flat(re.search(r"^\d+ figures compared: .*$", compared.stdout,
+                                     re.MULTILINE).group(0)), page.text["comparison-figures"])
+        # The environments' difference and the weak test, warned of inside the section.
+        self.assertIn("thp/enabled: A 'madvise', B 'always'", page.text["comparison-warnings"])
+        self.assertIn("fewer than 9 repetitions", page.text["comparison-warnings"])
+        # The skipped row, listed apart.
+        self.assertIn("skipped in both: needs 1 free 1 GiB hugetlb pages",
+                      page.text["comparison"])
+        # comparison.csv is linked from the files of the run.
+        files = [attributes["href"] for tag, attributes in page.tags if tag == "a"
+                 and not attributes["href"].startswith("#")]
+        self.assertEqual(sorted(set(files)), ["comparison.csv", "results.json"])
+        self.assertIn("comparison.csv", page.text["files"])
+        self.assertEqual({name for name in page.ids if page.ids.count(name) > 1}, set())
+
+        # Written again without --baseline: the page has no comparison and no link to the
+        # comparison.csv left from before (which stays).
+        result = run_cli(str(b))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        page = Page((b / "index.html").read_text(encoding="utf-8"))
+        self.assertNotIn("comparison", page.sections)
+        self.assertNotIn("comparison.csv", {attributes.get("href") for _, attributes in page.tags})
+        self.assertTrue((b / "comparison.csv").is_file())
+
+    def test_baseline_in_a_run_of_every_suite(self):
+        # The baseline has the fault rows only: every other suite is "only in B", and the
+        # section sits among the charts' ids without a clash.
+        a = write_run(self.scratch / "a", load_json(DATA / "compare_a.json"))
+        directory = combined_run(self.scratch / "run")
+        result = run_cli(str(directory), f"--baseline={a}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(set(p.name for p in directory.iterdir()),
+                         REPORT_FILES | {"results.json", "index.html", "comparison.csv"})
+        page = Page((directory / "index.html").read_text(encoding="utf-8"))
+        self.assertEqual(page.sections.index("comparison"),
+                         page.sections.index("environment") + 1)
+        self.assertEqual({name for name in page.ids if page.ids.count(name) > 1}, set())
+        others = {row["run_name"] for row in combined_document()["benchmarks"]
+                  if not row["run_name"].startswith("fault/")}
+        self.assertIn(f"Only in B ({len(others)}), not compared", page.text["comparison"])
+        # B's fault rows are A's own (combined_document takes compare_a's): every figure the
+        # same, none significant.
+        verdicts = {cells[7] for cells in page.rows["comparison-figures"] if cells}
+        self.assertEqual(verdicts, {"not significant *"})
+
+    def test_baseline_bad_input_writes_nothing(self):
+        a, b = self.compare_dirs()
+        empty = self.scratch / "empty"
+        empty.mkdir()
+        elsewhere = load_json(DATA / "compare_a.json")
+        elsewhere["benchmarks"] = [renamed(row, "fault/", "other/")
+                                   for row in elsewhere["benchmarks"]]
+        other = write_run(self.scratch / "other", elsewhere)
+        for args, says in (((str(b), "--baseline", str(self.scratch / "missing")),
+                            "--baseline " + str(self.scratch / "missing") + ": no such directory"),
+                           ((str(b), "--baseline", str(empty)), "not a faultlab run"),
+                           ((str(b), "--baseline", str(other)), "no benchmark ran in both"),
+                           ((str(b), "--baseline"), "--baseline takes a run directory"),
+                           ((str(b), "--baseline="), "--baseline takes a run directory"),
+                           ((str(b), "--baseline", str(a), "--bogus"), "unknown option '--bogus'"),
+                           ((str(b), str(a), "--baseline", str(a)), "unknown report"),
+                           (("--baseline", str(a)), "usage")):
+            before = listing(b)
+            line = check_refused(self, run_cli(*args), b, before)
+            self.assertIn(says, line)
+            self.assertEqual(before, ["results.json"])
 
     def test_compare_html_bad_input_writes_nothing(self):
         a, b = self.compare_dirs()

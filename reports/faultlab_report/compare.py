@@ -20,7 +20,8 @@ that change figures (kernel, CPU, THP, numa_balancing, emulation, the CPUs used)
 between the two runs' environments and every difference is named.
 
 compare_runs() returns the comparison as data, for the text table here, the CSV and the
-HTML page (`--html`, in page.py's frame) to format.
+HTML (comparison_html) to format: on a page of its own (`--html`, in page.py's frame) and as a
+section of a run's index.html (`faultlab report DIR --baseline A`, html.py).
 """
 
 import csv
@@ -357,28 +358,30 @@ def csv_report(comparison):
     return output.getvalue()
 
 
-def html_report(comparison):
-    """The comparison as a self-contained page: both runs, the environment's differences and the
-    weak-test warnings first, then the table (regressions first) and what was not compared."""
+def comparison_html(comparison, level, warnings_id, figures_id):
+    """The comparison as HTML, for the standalone page (html_report) and for a run's index.html
+    (`faultlab report DIR --baseline A`, html.py): both runs, the environment's differences and
+    the weak-test warnings (a section with id warnings_id), the verdict counts and the table,
+    regressions first (a section with id figures_id), then what was not compared. level: the
+    rank of its headings (2 on its own page, 3 inside the run's page)."""
     names = display_names(comparison)
+    h = f"h{level}"
     runs = "".join(f"<li>{escape(describe_run(label, run))}</li>"
                    for label, run in (("A", comparison.a), ("B", comparison.b)))
-    parts = ["<header><h1>faultlab compare</h1>",
-             f'<p class="lead">Each benchmark of run B against the same benchmark of run A.</p>'
-             f"<ul>{runs}</ul></header>"]
+    parts = [f"<ul>{runs}</ul>"]
     warnings = [f"The two runs' environments differ in {difference.what}: A "
                 f"{difference.a!r}, B {difference.b!r}" for difference in comparison.environment]
     warnings += [line.removeprefix("* ").removeprefix("WARNING: ")
                  for line in weak_test_lines(comparison)]
     if warnings:
         items = "".join(f"<li>{escape(' '.join(warning.split()))}</li>" for warning in warnings)
-        parts.append(f'<section id="warnings" class="warnings"><h2>Warnings ({len(warnings)})'
-                     f"</h2><ul>{items}</ul></section>")
+        parts.append(f'<section id="{warnings_id}" class="warnings"><{h}>Warnings '
+                     f"({len(warnings)})</{h}><ul>{items}</ul></section>")
     counts = comparison.counts()
     parts.append(
-        f'<section id="comparison"><h2>{len(comparison.rows)} figures compared: ' +
+        f'<section id="{figures_id}"><{h}>{len(comparison.rows)} figures compared: ' +
         escape(", ".join(f"{count} {verdict}" for verdict, count in counts.items() if count)) +
-        f"</h2><p>B/A: the ratio of the medians over repetitions (above 1: B takes longer). p: "
+        f"</{h}><p>B/A: the ratio of the medians over repetitions (above 1: B takes longer). p: "
         f"two-sided Mann-Whitney U test over the repetitions; significant below {ALPHA}. *: fewer "
         f"than {OPTIMAL_REPETITIONS} repetitions on a side, a weak test.</p>")
     rows = []
@@ -397,9 +400,18 @@ def html_report(comparison):
                     (f"Skipped ({len(comparison.skipped)})", comparison.skipped)]
     for title, items in not_compared:
         if items:
-            parts.append(f"<h2>{escape(title)}, not compared</h2>")
+            parts.append(f"<{h}>{escape(title)}, not compared</{h}>")
             parts.append(table(("benchmark", "why"),
                                [("skipped", [names[item.name], item.reason]) for item in items],
                                {0: "name"}))
+    return "\n".join(parts)
+
+
+def html_report(comparison):
+    """The comparison as a self-contained page: both runs, the environment's differences and the
+    weak-test warnings first, then the table (regressions first) and what was not compared."""
+    header = ("<header><h1>faultlab compare</h1>"
+              '<p class="lead">Each benchmark of run B against the same benchmark of run A.</p>'
+              "</header>")
     title = f"faultlab compare: {comparison.a.directory.name} against {comparison.b.directory.name}"
-    return frame(title, "\n".join(parts))
+    return frame(title, header + "\n" + comparison_html(comparison, 2, "warnings", "comparison"))

@@ -3,8 +3,9 @@ report the run has rows for (fork, uffd, numa: their CSV, SVG and summary files)
 DIR/results.json.
 
 The page, in order: the run (machine, kernel, date, faultlab's version, the run's options), the
-environment's warnings (software emulation first), a table of contents, the environment, the
-run's own summary (summary.txt: the fault and model suites), then a section per suite the run
+environment's warnings (software emulation first), a table of contents, the environment, with
+`--baseline A` the comparison against run A (compare.py's, as `faultlab compare A DIR --html`
+shows it; its rows also in DIR/comparison.csv), the run's own summary (summary.txt: the fault and model suites), then a section per suite the run
 has (fault, fork, uffd, guard, numa, model, then any other), the flame graphs when the run was
 recorded with --flamegraph (links into flamegraphs/: flamegraph.py), and the files of the run.
 A suite's section has its charts inline, the summary of the report that covers it, and a table
@@ -13,6 +14,9 @@ about the suite, the time column's spread across repetitions, and the row's labe
 uffd and numa reports' charts and summaries go in the first section of the suites each covers;
 the fault suite's charts (fault.py) are drawn here, as results.json has them: percentiles of
 single faults per repetition, not the faults themselves.
+
+compare.py is imported only when a baseline is given: it needs scipy, which the page without
+a comparison should not wait for.
 
 Self-contained, offline and without JavaScript: page.py. Every file the page links to is one it
 is written with or one the run wrote (results.json, results.csv, summary.txt, topology.xml).
@@ -23,7 +27,7 @@ import math
 
 from . import fault, flamegraph, fork, numa, uffd
 from .page import Cell, escape, frame, inline_svg, preformatted, table
-from .results import TIME, leaves, load_run, write_files
+from .results import TIME, BadInput, leaves, load_run, write_files
 from .text import format_ns, format_percent, significant
 
 # The reports written with the page, by the name `faultlab report KIND` knows them by.
@@ -80,6 +84,10 @@ RUN_FILES = (("results.json", "every repetition of every benchmark, and the run'
 REPORT_FILE_KINDS = {".csv": "its rows as a table", ".svg": "chart", ".txt": "its summary"}
 
 INDEX = "index.html"
+# The comparison's rows (compare.csv_report) with --baseline. Without --baseline a comparison.csv
+# an earlier report wrote stays in DIR (reports only ever add or replace their files); the page
+# links it only when written with it, so no page points at a comparison it does not show.
+COMPARISON_CSV = "comparison.csv"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,11 +346,15 @@ def suite_html(run, suite, placed, reports):
     return "\n".join(parts)
 
 
-def files_html(run, report_files):
+def files_html(run, report_files, comparison):
     items = []
     for name, what in RUN_FILES:
         if (run.directory / name).is_file():
             items.append(f'<li><a href="{name}">{name}</a>: {escape(what)}</li>')
+    if comparison is not None:
+        items.append(f'<li><a href="{COMPARISON_CSV}">{COMPARISON_CSV}</a>: the comparison '
+                     f"against {escape(baseline_name(comparison))}, one row per figure "
+                     "compared and one per benchmark not compared</li>")
     for kind, files in report_files.items():
         for name in files:
             what = REPORT_FILE_KINDS.get(name[name.rfind("."):], "")
@@ -410,9 +422,30 @@ def flamegraphs_html(run):
             f"<th>samples</th>{cost_header}</tr>{rows}</table></div></section>")
 
 
-def toc_html(run, suites, has_summary):
+def baseline_name(comparison):
+    """The baseline run's directory name (resolved: reports/out/latest names a run by its
+    link)."""
+    return comparison.a.directory.resolve().name
+
+
+def comparison_html(comparison):
+    """The comparison against the baseline (`--baseline A`): compare.py's, as its own page shows
+    it, one heading level down."""
+    from . import compare  # here only: it imports scipy (the caller had it compare already)
+    name = escape(baseline_name(comparison))
+    return (f'<section id="comparison"><h2>Against {name}</h2>'
+            f"<p>Each benchmark of this run (B) against the same benchmark of the baseline run "
+            f"{name} (A), as <code>faultlab compare A B</code> shows it; the rows are also in "
+            f'<a href="{COMPARISON_CSV}">{COMPARISON_CSV}</a>.</p>\n' +
+            compare.comparison_html(comparison, 3, "comparison-warnings", "comparison-figures") +
+            "</section>")
+
+
+def toc_html(run, suites, has_summary, comparison):
     entries = [("warnings", f"Warnings ({len(run.warnings())})"),
                ("environment", "Environment")]
+    if comparison is not None:
+        entries.append(("comparison", f"Against {baseline_name(comparison)}"))
     if has_summary:
         entries.append(("run-summary", "Summary of the fault and model suites"))
     for suite in suites:
@@ -426,38 +459,59 @@ def toc_html(run, suites, has_summary):
     return f'<nav class="toc" id="contents"><h2>Contents</h2><ol>{items}</ol></nav>'
 
 
-def index_html(run, reports):
-    """The page, as text. reports: {kind: (summary, {file name: bytes})}."""
+def index_html(run, reports, comparison=None):
+    """The page, as text. reports: {kind: (summary, {file name: bytes})}; comparison: the run
+    (B) against its baseline (A), a compare.RunComparison, or None."""
     suites = suites_of(run)
     placed = {kind: next(suite for suite in KIND_SUITES[kind] if suite in suites)
               for kind in reports}
     summary = run_summary_html(run)
-    body = [header_html(run), warnings_html(run), toc_html(run, suites, bool(summary)),
-            environment_html(run), summary]
+    body = [header_html(run), warnings_html(run),
+            toc_html(run, suites, bool(summary), comparison), environment_html(run),
+            "" if comparison is None else comparison_html(comparison), summary]
     body += [suite_html(run, suite, placed, reports) for suite in suites]
     body.append(flamegraphs_html(run))
-    body.append(files_html(run, {kind: files for kind, (_, files) in reports.items()}))
+    body.append(files_html(run, {kind: files for kind, (_, files) in reports.items()},
+                           comparison))
     title = f"faultlab run {run.directory.resolve().name}: {run.machine()}"
     return frame(title, "\n".join(part for part in body if part))
 
 
-def report_files(run):
-    """Every report the run has rows for, and the page: (their summaries joined, {file name:
-    bytes}). Raises BadInput."""
+def report_files(run, comparison=None):
+    """Every report the run has rows for, and the page; with a comparison (compare.RunComparison,
+    this run as B), its CSV too and its text table among the summaries: (the summaries joined,
+    {file name: bytes}). Raises BadInput."""
     reports = {kind: module.report_files(run)
                for kind, module in KINDS.items() if module.applies(run)}
     files = {}
     for _, kind_files in reports.values():
         files.update(kind_files)
-    files[INDEX] = index_html(run, reports).encode()
-    summaries = "\n".join(summary for summary, _ in reports.values())
-    return summaries, files
+    files[INDEX] = index_html(run, reports, comparison).encode()
+    summaries = [summary for summary, _ in reports.values()]
+    if comparison is not None:
+        from . import compare  # here only: it imports scipy
+        files[COMPARISON_CSV] = compare.csv_report(comparison).encode()
+        summaries.append(compare.text_report(comparison))
+    return "\n".join(summaries), files
 
 
-def write_report(directory):
-    """Writes the page and the run's reports into directory, all or none; returns the reports'
-    summaries and the files written. Raises BadInput."""
+def load_comparison(run, baseline):
+    """The run (B) against the run directory baseline (A). Raises BadInput, naming the
+    baseline when it is the one at fault."""
+    from . import compare  # here only: it imports scipy, which a page without one skips
+    try:
+        base = load_run(baseline)
+    except BadInput as error:
+        raise BadInput(f"--baseline {error}") from None
+    return compare.compare_runs(base, run)
+
+
+def write_report(directory, baseline=None):
+    """Writes the page and the run's reports into directory, all or none; with baseline (a run
+    directory), the comparison against it on the page and in comparison.csv. Returns the
+    reports' summaries and the files written. Raises BadInput."""
     run = load_run(directory)
-    summaries, files = report_files(run)
+    comparison = None if baseline is None else load_comparison(run, baseline)
+    summaries, files = report_files(run, comparison)
     write_files(run.directory, files)
     return summaries, sorted(files)

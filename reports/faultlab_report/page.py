@@ -33,7 +33,7 @@ dl.facts dt { font-weight: bold; }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 .warnings { border: 2px solid #b3261e; background: #fdeceb; padding: 0.4em 1.2em 0.6em;
             margin: 1.2em 0; }
-.warnings h2 { border: none; margin: 0.3em 0; color: #8c1d18; }
+.warnings h2, .warnings h3 { border: none; margin: 0.3em 0; color: #8c1d18; }
 .warnings li { margin: 0.3em 0; }
 .warnings li.emulation { font-weight: bold; }
 .note { background: #f3f6fa; border-left: 4px solid #8aa4c2; padding: 0.3em 0.8em; }
