@@ -50,26 +50,36 @@ def output_target(option, path):
     return directory, name
 
 
+def split_options(args, takes, usage):
+    """args as ({option: value}, [the other arguments]): each option of `takes` (option -> what
+    its value is) given as `OPTION VALUE` or `OPTION=VALUE`. BadInput, naming `usage`, for an
+    unknown option or one without its value."""
+    values, positional, rest = {}, [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        option, equals, value = arg.partition("=")
+        if option in takes and (equals or rest):
+            values[option] = value if equals else rest.pop(0)
+            if values[option] == "":
+                raise BadInput(f"{option} takes {takes[option]}: {usage}")
+        elif arg.startswith("-"):
+            what = f"{arg} takes {takes[arg]}" if arg in takes else f"unknown option '{arg}'"
+            raise BadInput(f"{what}: {usage}")
+        else:
+            positional.append(arg)
+    return values, positional
+
+
 def compare_main(args):
     """report.py compare A B [--csv FILE] [--html FILE]."""
     # Imported here: only compare needs scipy, which the other reports should not wait for.
     from faultlab_report import compare
-    outputs, runs, rest = {}, [], list(args)
-    while rest:
-        arg = rest.pop(0)
-        option, equals, value = arg.partition("=")
-        if option in COMPARE_OUTPUTS and (equals or rest):
-            outputs[option] = value if equals else rest.pop(0)
-            if outputs[option] == "":
-                print(f"faultlab: {option} takes a file name: {COMPARE_USAGE}", file=sys.stderr)
-                return 2
-        elif arg.startswith("-"):
-            what = f"{arg} takes a file name" if arg in COMPARE_OUTPUTS else \
-                f"unknown option '{arg}'"
-            print(f"faultlab: {what}: {COMPARE_USAGE}", file=sys.stderr)
-            return 2
-        else:
-            runs.append(arg)
+    try:
+        outputs, runs = split_options(args, dict.fromkeys(COMPARE_OUTPUTS, "a file name"),
+                                      COMPARE_USAGE)
+    except BadInput as error:
+        print(f"faultlab: {error}", file=sys.stderr)
+        return 2
     if len(runs) != 2:
         print(f"faultlab: compare takes two run directories: {COMPARE_USAGE}", file=sys.stderr)
         return 2
@@ -112,23 +122,13 @@ def write_and_say(write_report, directory):
 def run_report_main(args):
     """report.py DIR [--baseline A]: the page and every report the run has rows for, with the
     comparison against A when given."""
-    directories, baseline, rest = [], None, list(args)
-    while rest:
-        arg = rest.pop(0)
-        option, equals, value = arg.partition("=")
-        if option == "--baseline" and (equals or rest):
-            baseline = value if equals else rest.pop(0)
-            if baseline == "":
-                print(f"faultlab: --baseline takes a run directory: {REPORT_USAGE}",
-                      file=sys.stderr)
-                return 2
-        elif arg.startswith("-"):
-            what = "--baseline takes a run directory" if arg == "--baseline" else \
-                f"unknown option '{arg}'"
-            print(f"faultlab: {what}: {REPORT_USAGE}", file=sys.stderr)
-            return 2
-        else:
-            directories.append(arg)
+    try:
+        options, directories = split_options(args, {"--baseline": "a run directory"},
+                                             REPORT_USAGE)
+    except BadInput as error:
+        print(f"faultlab: {error}", file=sys.stderr)
+        return 2
+    baseline = options.get("--baseline")
     if len(directories) != 1:
         kind = directories[0] if directories else ""
         what = f"unknown report '{kind}'" if kind and len(directories) > 1 else "usage"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
-from report_support import ROOT, TESTS, flat, iteration_rows, load_json, renamed  # noqa: E402
+from report_support import (ROOT, TESTS, check_refused, flat, iteration_rows,  # noqa: E402
+                            load_json, renamed)
 
 FAULTLAB = ROOT / "scripts" / "faultlab"
 FIXTURE_A = TESTS / "data" / "compare_a.json"
@@ -281,15 +282,15 @@ class ReportCompareTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(sorted(os.listdir(self.directory)), ["a", "b"])
 
+    def tree(self):
+        """Every path below the scratch directory, to tell that nothing was written."""
+        return sorted(str(path) for path in self.directory.rglob("*"))
+
     def assert_bad_input(self, *args):
-        before = sorted(str(path) for path in self.directory.rglob("*"))
-        result = self.run_cli(*args)
-        self.assertEqual(result.returncode, 2, (args, result.stdout, result.stderr))
-        self.assertEqual(result.stdout, "")
-        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-        self.assertTrue(result.stderr.startswith("faultlab: "), result.stderr)
-        self.assertEqual(sorted(str(path) for path in self.directory.rglob("*")), before)
-        return result.stderr
+        before = self.tree()
+        line = check_refused(self, self.run_cli(*args))
+        self.assertEqual(self.tree(), before, args)
+        return line
 
     def test_bad_input_exits_2_with_one_line_and_writes_nothing(self):
         a_dir, b_dir = self.write("a", self.a), self.write("b", self.b)
@@ -348,16 +349,13 @@ class ReportCompareTest(unittest.TestCase):
         once (exit 1, mkdir), not build the project."""
         not_a_build_dir = self.directory / "not-a-build-dir"
         not_a_build_dir.write_text("")
-        before = sorted(str(path) for path in self.directory.rglob("*"))
+        before = self.tree()
         result = subprocess.run([str(FAULTLAB), *map(str, args)], capture_output=True, text=True,
                                 timeout=120,
                                 env={**os.environ, "FAULTLAB_BUILD_DIR": str(not_a_build_dir)})
-        self.assertEqual(result.returncode, 2, (args, result.stdout, result.stderr))
-        self.assertEqual(result.stdout, "")
-        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-        self.assertTrue(result.stderr.startswith("faultlab: "), result.stderr)
-        self.assertEqual(sorted(str(path) for path in self.directory.rglob("*")), before)
-        return result.stderr
+        line = check_refused(self, result)
+        self.assertEqual(self.tree(), before, args)
+        return line
 
     def test_run_baseline_bad_input_is_refused_before_building(self):
         # Checked before anything is installed, built or run.
