@@ -116,10 +116,10 @@ def policy_of(bench):
 
 
 def mem_node_of(bench):
-    """The node a row's memory is placed on, if one: the matrix's mem_node, bind's and
-    preferred's target, local's CPU node."""
-    if bench.case in MATRIX_CASES:
-        return bench.args.get("mem_node")
+    """The node a row's memory is placed on, if one: the matrix's, the hinting rows' and the
+    protnone analogue's mem_node, bind's and preferred's target, local's CPU node."""
+    if "mem_node" in bench.args:
+        return bench.args["mem_node"]
     if bench.case == "policy":
         if bench.variant == "local":
             return bench.args.get("cpu_node")
