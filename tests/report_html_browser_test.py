@@ -17,6 +17,7 @@ this).
 """
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -89,9 +90,7 @@ def browser_missing():
     """Why the browser test cannot run here, or None."""
     if CHROMIUM is None:
         return "chromium is not installed (faultlab test installs it)"
-    try:
-        import websocket  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("websocket") is None:
         return "python3-websocket is not installed (faultlab test installs it)"
     return None
 
@@ -175,6 +174,31 @@ class Browser:
                            clip={"x": 0, "y": top, "width": WIDTH, "height": height, "scale": 1})
         path.write_bytes(base64.b64decode(result["data"]))
 
+    def problems(self, page):
+        """Every console message of level warning or error, uncaught exception, request other
+        than the page's own file, and failed load since the browser started, as text; and the
+        page's own load not seen (the events are not the page's)."""
+        requested = [event["params"]["request"]["url"] for event in self.events
+                     if event["method"] == "Network.requestWillBeSent"]
+        problems = [] if page.as_uri() in requested else [f"no request for {page.as_uri()}"]
+        for event in self.events:
+            method, params = event["method"], event.get("params", {})
+            if method == "Network.requestWillBeSent":
+                url = params["request"]["url"]
+                if url != page.as_uri() and not url.startswith("data:"):
+                    problems.append(f"request for {url}")
+            elif method == "Network.loadingFailed":
+                problems.append(f"failed load: {params.get('errorText')} "
+                                f"(request {params.get('requestId')})")
+            elif method == "Runtime.exceptionThrown":
+                problems.append(f"exception: {params['exceptionDetails'].get('text')}")
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in (
+                    "error", "warning", "assert"):
+                problems.append(f"console {params['type']}: {params.get('args')}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+                problems.append(f"log {params['entry']['level']}: {params['entry']['text']}")
+        return problems
+
     def close(self):
         try:
             self.call("Browser.close")
@@ -205,32 +229,6 @@ class BrowserTest(unittest.TestCase):
         self.browser = Browser(self.scratch)
         self.addCleanup(self.browser.close)
 
-    def page_problems(self, page):
-        """Every console message of level warning or error, uncaught exception, request other
-        than the page's own file, and failed load, as text."""
-        requested = [event["params"]["request"]["url"] for event in self.browser.events
-                     if event["method"] == "Network.requestWillBeSent"]
-        # The page's own load is seen: the test is listening to the browser's requests.
-        self.assertIn(page.as_uri(), requested)
-        problems = []
-        for event in self.browser.events:
-            method, params = event["method"], event.get("params", {})
-            if method == "Network.requestWillBeSent":
-                url = params["request"]["url"]
-                if url != page.as_uri() and not url.startswith("data:"):
-                    problems.append(f"request for {url}")
-            elif method == "Network.loadingFailed":
-                problems.append(f"failed load: {params.get('errorText')} "
-                                f"(request {params.get('requestId')})")
-            elif method == "Runtime.exceptionThrown":
-                problems.append(f"exception: {params['exceptionDetails'].get('text')}")
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in (
-                    "error", "warning", "assert"):
-                problems.append(f"console {params['type']}: {params.get('args')}")
-            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
-                problems.append(f"log {params['entry']['level']}: {params['entry']['text']}")
-        return problems
-
     def test_run_report_loads_offline_with_every_chart_drawn(self):
         directory = combined_run(self.scratch / "run")
         result = run_cli(str(directory))
@@ -238,7 +236,7 @@ class BrowserTest(unittest.TestCase):
         page = directory / "index.html"
         seconds = self.browser.open(page)
         measured = self.browser.evaluate(MEASURE_PAGE)
-        self.assertEqual(self.page_problems(page), [])
+        self.assertEqual(self.browser.problems(page), [])
         self.assertEqual(measured["scripts"], 0)
         self.assertLessEqual(measured["scroll_width"], measured["client_width"],
                              "the page is wider than the window")
@@ -278,7 +276,7 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.browser.open(page)
         measured = self.browser.evaluate(MEASURE_PAGE)
-        self.assertEqual(self.page_problems(page), [])
+        self.assertEqual(self.browser.problems(page), [])
         self.assertLessEqual(measured["scroll_width"], measured["client_width"])
         self.assertTrue(measured["title"].startswith("faultlab compare"))
         self.browser.screenshot(self.shots / "compare-top.png", 0, 1400)
@@ -293,7 +291,7 @@ class BrowserTest(unittest.TestCase):
         page = b / "index.html"
         self.browser.open(page)
         measured = self.browser.evaluate(MEASURE_PAGE)
-        self.assertEqual(self.page_problems(page), [])
+        self.assertEqual(self.browser.problems(page), [])
         self.assertLessEqual(measured["scroll_width"], measured["client_width"])
         # The section is there and shown: its table has a row per figure compared.
         box = self.browser.evaluate("""(() => {
