@@ -51,9 +51,9 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/harness.h"
-#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
+#include "bench/profile_control.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
 #include "topology/hugetlb.h"

@@ -54,11 +54,11 @@
 
 #include "bench/fork_probe.h"
 #include "bench/harness.h"
-#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
 #include "bench/perf_counters.h"
+#include "bench/profile_control.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
 #include "topology/hugetlb.h"

@@ -68,9 +68,9 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/harness.h"
-#include "bench/profile_control.h"
 #include "bench/model_suite.h"
 #include "bench/perf_counters.h"
+#include "bench/profile_control.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
 #include "kernels/address_space.h"

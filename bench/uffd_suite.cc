@@ -178,7 +178,11 @@
 // (CounterGroup, non-inherited, as fork_suite does): their counts are reported per fault, and
 // their round-trip median as counted_p50_ns, which shows what the counting costs. The handler
 // thread's work is not in the counts (it is in sigbus mode, where the faulting thread does it).
+// Beside them, voluntary_switches: the faulting thread's sleeps per fault (getrusage), 1 where
+// a handler thread answers and 0 in sigbus mode, whatever preemptions the machine adds.
 
+
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -191,11 +195,11 @@
 #include "absl/strings/str_cat.h"
 #include "bench/guard_probe.h"
 #include "bench/harness.h"
-#include "bench/profile_control.h"
 #include "bench/kernel_features.h"
 #include "bench/mm_probe.h"
 #include "bench/model_suite.h"
 #include "bench/perf_counters.h"
+#include "bench/profile_control.h"
 #include "bench/suite.h"
 #include "bench/tsc_clock.h"
 #include "bench/uffd_probe.h"
@@ -703,6 +707,18 @@ class CaseRun {
     return {};
   }
 
+  // A counted round's counts: the group's, then the faulting thread's voluntary context switches
+  // (getrusage). A fault handed to a handler thread sleeps in handle_userfault, one voluntary
+  // switch each; one the thread resolves itself (sigbus mode) sleeps in none. perf's
+  // context-switches counts preemptions too, which a loaded machine adds to any mode.
+  static std::vector<double> CountedRead(const CounterGroup& group) {
+    std::vector<double> counts = group.Read();
+    rusage usage{};
+    getrusage(RUSAGE_THREAD, &usage);
+    counts.push_back(static_cast<double>(usage.ru_nvcsw));
+    return counts;
+  }
+
   // One round of `kind`; its samples go to `samples` when measured, round 0 sets first_round_ns.
   // With `group`, the round is counted: its perf counts go to m->totals.
   std::string Round(Case kind, int round, Samples* samples, Measurement* m,
@@ -712,7 +728,7 @@ class CaseRun {
     if (std::string e = Prepare(kind, value); !e.empty()) return e;
     m->reference_ns.push_back(ReferenceWorkNs());
     faults_before_ = handler_.faults();
-    const std::vector<double> counts_before = group ? group->Read() : std::vector<double>{};
+    const std::vector<double> counts_before = group ? CountedRead(*group) : std::vector<double>{};
     const double start = MonotonicNs();
     if (Writes(kind)) {
       StampedTouches<true>(region_.base(), region_.page(), pages_, kTouchValue, before_.data(),
@@ -722,7 +738,7 @@ class CaseRun {
                             after_.data());
     }
     const double end = MonotonicNs();
-    if (group) m->totals.Add(counts_before, group->Read());
+    if (group) m->totals.Add(counts_before, CountedRead(*group));
     if (!handler_.WaitForFaults(faults_before_ + Events(kind))) {
       running_ = false;
       const std::string why = handler_.Stop();
@@ -831,6 +847,7 @@ class CaseRun {
     if (std::string e = UseHandler(HandlerLoop::kPoll); !e.empty()) return e;
     const CounterGroup group(CurrentRunOptions().counters, /*inherit=*/false);
     m->totals.names = group.names();
+    m->totals.names.push_back("voluntary_switches");
     for (int round = 1; round <= kCountedRounds; ++round) {
       if (std::string e = Round(c_, kRounds + round, &m->counted, m, &group); !e.empty()) {
         return "a counted round: " + e;
