@@ -63,7 +63,7 @@ def faultlab(*args, env=None):
 
 def perf_can_record():
     try:
-        return subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-o",
+        return subprocess.run(["perf", "record", "-a", "-q", "-e", "cpu-clock", "-g", "-o",
                                "/dev/null", "--", "true"], capture_output=True).returncode == 0
     except FileNotFoundError:
         return False
