@@ -707,6 +707,7 @@ int Run(const RunArgs& args, const std::vector<std::string>& extras) {
   if (ProfileControlActive()) {
     context["faultlab"]["profile_control"] = {
         {"recorded_repetitions", "1 and 2 of every 4, counted from 0"},
+        {"comm", ProfileComm()},
         {"repetitions_doubled", true}};
   }
   context["faultlab"]["run_seconds"] =

@@ -27,6 +27,10 @@ std::optional<std::string> StartProfileControl();
 // Whether this run records half its repetitions (StartProfileControl opened the FIFOs).
 bool ProfileControlActive();
 
+// The name (comm) StartProfileControl gave the run's threads, faultlab-<pid in hex>: the reports
+// keep the samples of that comm. Empty when not active.
+std::string ProfileComm();
+
 // Whether perf records repetition `index` (from 0) of a benchmark.
 bool RecordedRepetition(int index);
 

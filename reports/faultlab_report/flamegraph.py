@@ -45,8 +45,10 @@ PERF_SCRIPTS = Path("/usr/lib/perf-core/scripts/python")
 PERF = os.environ.get("FAULTLAB_PERF", "perf")
 RECORDING_COST = "recording_cost.csv"
 # The profile is system-wide (every CPU, every process: see scripts/faultlab); a benchmark's
-# samples are those of faultlab's process and the children it forks, which keep its comm.
-COMM = "faultlab"
+# samples are those of the run's threads and the children they fork, which keep the name the
+# run gave them (context.faultlab.profile_control.comm: faultlab-<pid in hex>, unique to the
+# run); a run that names none is comm faultlab.
+DEFAULT_COMM = "faultlab"
 # The issue's bound on what recording may add to a benchmark's own figures.
 COST_BOUND = 1.10
 
@@ -69,10 +71,10 @@ def time_range(span):
     return f"{start:.6f},{end:.6f}"
 
 
-def perf_script(directory, span, script, *script_args):
-    """Runs one of perf's report scripts over span's samples in directory/perf.data (the
-    flamegraph script reads the header from ./perf.data, hence the working directory)."""
-    command = [PERF, "script", "-i", PERF_DATA, "--time", time_range(span), "--comms", COMM,
+def perf_script(directory, span, comm, script, *script_args):
+    """Runs one of perf's report scripts over span's samples of `comm` in directory/perf.data
+    (the flamegraph script reads the header from ./perf.data, hence the working directory)."""
+    command = [PERF, "script", "-i", PERF_DATA, "--time", time_range(span), "--comms", comm,
                "-s", str(PERF_SCRIPTS / script)]
     if script_args:
         command += ["--", *script_args]
@@ -170,13 +172,15 @@ def write_flamegraphs(run_directory, template, recorded):
     spans = results.get("context", {}).get("faultlab", {}).get("benchmark_spans")
     if not spans:
         raise BadInput(f"{run_directory}/results.json: no benchmark_spans to cut the profile by")
+    comm = (results["context"]["faultlab"].get("profile_control") or {}).get("comm") or \
+        DEFAULT_COMM
     taken, entries, files = set(), [], {}
     for span in spans:
         name = safe_name(span["name"], taken)
         # --kernel: kernel frames end in _[k], as FlameGraph's and inferno's colours expect.
-        folded = perf_script(directory, span, "stackcollapse.py", "--kernel")
+        folded = perf_script(directory, span, comm, "stackcollapse.py", "--kernel")
         files[f"{name}.folded"] = folded.encode()
-        files[f"{name}.html"] = perf_script(directory, span, "flamegraph.py", "--template",
+        files[f"{name}.html"] = perf_script(directory, span, comm, "flamegraph.py", "--template",
                                             str(template), "-o", "-").encode()
         samples = sum(int(line.rsplit(" ", 1)[1]) for line in folded.splitlines() if line)
         entries.append({"name": span["name"], "folded": f"{name}.folded",
