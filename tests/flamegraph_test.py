@@ -164,6 +164,12 @@ class FlameGraph(unittest.TestCase):
         the benchmarks (faultlab's start, before the first, has perf's events off); the cost of
         the recording per benchmark in recording_cost.csv and index.html."""
         self.assertIn("profile_control", results["context"]["faultlab"])
+        # The run's own comm, and only its samples: every stack starts with it.
+        comm = results["context"]["faultlab"]["profile_control"]["comm"]
+        self.assertRegex(comm, r"^faultlab-[0-9a-f]+$")
+        for entry in json.loads((out / "flamegraphs" / "index.json").read_text())["benchmarks"]:
+            stacks = (out / "flamegraphs" / entry["folded"]).read_text().splitlines()
+            self.assertEqual({stack.split(";", 1)[0] for stack in stacks}, {comm})
         for span in spans:
             rows = [row for row in results["benchmarks"]
                     if row["run_name"] == span["name"] and row["run_type"] == "iteration"]
