@@ -817,8 +817,7 @@ void RegisterFaultSuite(const RunOptions& options) {
                 faults * procs, Repetitions(options))
           ->Args({mib, procs, rounds})
           ->ArgNames({"region_mib", "procs", "rounds"})
-          ->Threads(threads)
-          ->Unit(benchmark::kNanosecond);
+          ->Threads(threads);
     };
     for (int t = 1; t <= max_workers; ++t) add(1, t);
     for (int p = 2; p <= max_workers; ++p) add(p, 1);

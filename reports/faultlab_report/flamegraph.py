@@ -100,13 +100,13 @@ def recording_cost(run):
     """What recording cost each benchmark perf recorded half of, as compare.RunComparison (A:
     the plain repetitions, B: the recorded ones; time and p50 where the row has it); None when
     the run switched no recording (a run recorded whole, by an older faultlab)."""
-    # Imported here: compare needs scipy, which reports of runs without flame graphs skip.
-    from . import compare
     spans = {span["name"]: span for span in
              run.context.get("faultlab", {}).get("benchmark_spans", [])
              if "recorded_repetitions" in span}
     if not spans:
         return None
+    # Imported here: compare needs scipy, which reports of runs without flame graphs skip.
+    from . import compare
     rows = []
     for bench in run.benchmarks:
         span = spans.get(bench.name)
