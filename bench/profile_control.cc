@@ -46,7 +46,8 @@ bool Send(const char* command) {
     const int polled = poll(&ready, 1, kAckTimeoutMs);
     if (polled < 0 && errno == EINTR) continue;
     if (polled <= 0) {
-      why = "perf did not acknowledge '" + std::string(command) + "' within 10 s";
+      why = "perf did not acknowledge '" + std::string(command) + "' within " +
+            std::to_string(kAckTimeoutMs / 1000) + " s";
       break;
     }
     char buffer[16];

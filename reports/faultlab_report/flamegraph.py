@@ -134,14 +134,15 @@ def recording_cost_lines(cost):
         if row.figure == "p50_ns" or row.name not in primary:
             primary[row.name] = row
     rows = list(primary.values())
+    from . import compare  # scipy: only for a recorded run, as in recording_cost
     if not rows:
         return ["Recording's cost: no benchmark measured both ways."]
     median = statistics.median(row.ratio for row in rows)
     worst = max(rows, key=lambda row: row.ratio)
     within = sum(row.ratio <= COST_BOUND for row in rows)
-    slower = sum(row.verdict == "slower" for row in rows)
+    slower = sum(row.verdict == compare.SLOWER for row in rows)
     reps = min(min(len(row.a_values), len(row.b_values)) for row in rows)
-    tested = sum(row.verdict != "too few repetitions" for row in rows)
+    tested = sum(row.verdict != compare.TOO_FEW for row in rows)
     test = (f"{slower} of {tested} significantly slower (U test, p < 0.05)" if tested else
             f"with {reps} repetitions a side no U test can call one slower (run --repetitions 4 "
             f"or more: a recorded run has twice that many, half of them recorded)")
